@@ -1,0 +1,1 @@
+"""curbwatch: street-violation detection from city cameras."""

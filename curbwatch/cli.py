@@ -1,0 +1,244 @@
+"""The ``curbwatch`` command line.
+
+Heavy modules (onnxruntime, OpenCV) are imported inside the commands that need them, so the
+server and tooling commands work on machines without the edge extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curbwatch.schema.yamlio import ConfigError
+
+app = typer.Typer(no_args_is_help=True, help="curbwatch: street-violation detection from city cameras.")
+edge_app = typer.Typer(no_args_is_help=True, help="Run and check the edge runtime.")
+zones_app = typer.Typer(no_args_is_help=True, help="Check and import zone files.")
+schema_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of the wire and config formats.")
+app.add_typer(edge_app, name="edge")
+app.add_typer(zones_app, name="zones")
+app.add_typer(schema_app, name="schema")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=None, show_path=False, rich_tracebacks=True)],
+    )
+
+
+def _fail(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@edge_app.command("run")
+def edge_run(
+    config: Annotated[Path | None, typer.Argument(help="edge.yaml; omit to use --source/--zones.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Video file, rtsp:// URL, stills folder or webcam:N.")
+    ] = None,
+    zones: Annotated[Path | None, typer.Option(help="Zone file of the camera (with --source).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="ONNX model (with --source); default: the demo model.")
+    ] = None,
+    events: Annotated[str | None, typer.Option(help="Events JSON-lines file; '-' for stdout.")] = None,
+    record: Annotated[Path | None, typer.Option(help="Record detection logs to this folder.")] = None,
+    evidence: Annotated[Path | None, typer.Option(help="Evidence folder (with --source).")] = None,
+) -> None:
+    """Run the edge on its cameras and print violation events as JSON lines.
+
+    Examples:
+        curbwatch edge run edge.yaml
+        curbwatch edge run --source street.mp4 --zones zones/demo-street.yaml --events -
+        curbwatch edge run --source rtsp://user:pw@10.0.0.5/stream1 --zones zones/cam-01.yaml --record logs/
+    """
+    from curbwatch.edge.app import build_config, run_edge
+
+    try:
+        edge_config = build_config(
+            config, source=source, zones=zones, model=model, events=events, record=record, evidence=evidence
+        )
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    reports = run_edge(edge_config)
+    failed = [report for report in reports.values() if report.error]
+    for report in failed:
+        typer.echo(f"camera {report.camera_id} failed: {report.error}", err=True)
+    if failed and len(failed) == len(reports):
+        raise typer.Exit(1)
+
+
+@edge_app.command("check-config")
+def edge_check_config(config: Annotated[Path, typer.Argument(help="edge.yaml to validate.")]) -> None:
+    """Validate an edge config and every zone file it names; exit 0 when all are valid.
+
+    Example:
+        curbwatch edge check-config edge.yaml
+    """
+    from curbwatch.edge.config import load_edge_config
+    from curbwatch.schema.zones import load_zone_file
+
+    try:
+        edge_config = load_edge_config(config)
+        for camera in edge_config.cameras:
+            load_zone_file(camera.zones)
+    except ConfigError as exc:
+        _fail(str(exc))
+    typer.echo(f"{config}: ok ({len(edge_config.cameras)} cameras)")
+
+
+@app.command("replay")
+def replay_command(
+    zones: Annotated[Path, typer.Argument(help="Zone file to judge the log against.")],
+    detlog: Annotated[
+        Path, typer.Argument(help="Detection log (curbwatch.detlog.v1 JSON lines); '-' for stdin.")
+    ],
+    config: Annotated[
+        Path | None, typer.Option(help="edge.yaml whose tracker and rule settings to use.")
+    ] = None,
+    device_id: Annotated[str, typer.Option(help="Device id to put in events.")] = "replay",
+) -> None:
+    """Print the violation events a detection log produces, as JSON lines.
+
+    Examples:
+        curbwatch replay zones/cam-01.yaml logs/cam-01.jsonl
+        curbwatch replay zones/cam-01.yaml logs/cam-01.jsonl --config edge.yaml | jq .event_code
+    """
+    from curbwatch.edge.app import replay_file
+
+    try:
+        for event in replay_file(zones, detlog, config, device_id):
+            sys.stdout.write(event.to_json() + "\n")
+    except (ConfigError, ValueError, OSError) as exc:
+        _fail(str(exc))
+
+
+@zones_app.command("check")
+def zones_check(
+    files: Annotated[list[Path], typer.Argument(help="Zone files to validate.")],
+    model: Annotated[Path | None, typer.Option(help="Also check class names against this model.")] = None,
+) -> None:
+    """Validate zone files; errors name the file, line and column. Exit 0 when all are valid.
+
+    Examples:
+        curbwatch zones check zones/*.yaml
+        curbwatch zones check zones/cam-01.yaml --model models/demo.onnx
+    """
+    from curbwatch.schema.zones import load_zone_file
+
+    class_names = None
+    if model is not None:
+        from curbwatch.edge.detect.card import load_card
+
+        class_names = load_card(model).class_names
+    bad = 0
+    for path in files:
+        try:
+            zone_file = load_zone_file(path, class_names=class_names)
+            typer.echo(f"{path}: ok ({len(zone_file.zones)} zones)")
+        except ConfigError as exc:
+            bad += 1
+            typer.echo(str(exc), err=True)
+    if bad:
+        raise typer.Exit(1)
+
+
+@zones_app.command("import-pklot")
+def zones_import_pklot(
+    xml: Annotated[Path, typer.Argument(help="PKLot parking XML.")],
+    camera: Annotated[str, typer.Option(help="Camera id for the zone file.")],
+    timezone: Annotated[str, typer.Option(help="IANA time zone, e.g. Asia/Shanghai.")],
+    width: Annotated[int, typer.Option(help="Frame width the XML coordinates refer to.")] = 1280,
+    height: Annotated[int, typer.Option(help="Frame height the XML coordinates refer to.")] = 720,
+    kind: Annotated[str, typer.Option(help="Zone kind for every bay.")] = "no_parking",
+    min_dwell_s: Annotated[float | None, typer.Option(help="Dwell for every bay.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Turn PKLot parking-bay polygons into a zone file.
+
+    Example:
+        curbwatch zones import-pklot ufpr05.xml --camera ufpr05 --timezone America/Sao_Paulo \
+            --out zones/ufpr05.yaml
+    """
+    from curbwatch.schema.pklot import PklotError, pklot_to_zone_file, zone_file_to_yaml
+
+    try:
+        zone_file = pklot_to_zone_file(
+            xml,
+            camera=camera,
+            frame_wh=(width, height),
+            timezone=timezone,
+            kind=kind,
+            min_dwell_s=min_dwell_s,
+        )
+    except (PklotError, ValueError) as exc:
+        _fail(str(exc))
+    text = zone_file_to_yaml(zone_file)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {len(zone_file.zones)} zones to {out}", err=True)
+
+
+@schema_app.command("export")
+def schema_export(
+    check: Annotated[bool, typer.Option(help="Fail if the committed schemas are stale.")] = False,
+    out_dir: Annotated[Path, typer.Option(help="Where to write the schemas.")] = SCHEMA_DIR,
+) -> None:
+    """Write the JSON Schemas (events, detection log, zone file, edge config) to docs/schemas.
+
+    Examples:
+        curbwatch schema export
+        curbwatch schema export --check
+    """
+    from curbwatch.schema.export import render_schemas
+
+    stale = []
+    for name, text in render_schemas().items():
+        path = out_dir / name
+        if check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        _fail(f"stale schemas in {out_dir}: {', '.join(stale)}; run `curbwatch schema export`")
+
+
+@app.command("demo")
+def demo(
+    seconds: Annotated[float, typer.Option(help="Scene time to render and watch.")] = 150.0,
+    workdir: Annotated[Path, typer.Option(help="Where the generated video, events and evidence go.")] = Path(
+        "build/demo"
+    ),
+) -> None:
+    """Render a street video from a real CCTV still, run the edge on it and print the events.
+
+    Example:
+        curbwatch demo --seconds 150
+    """
+    from curbwatch.edge.demo import run_demo
+
+    run_demo(workdir, seconds)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,29 @@
+"""Render the committed JSON Schemas (docs/schemas) from the pydantic models."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from curbwatch.schema.detlog import LoggedFrame
+from curbwatch.schema.events import event_json_schema
+from curbwatch.schema.zones import ZoneFile
+
+
+def _dump(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def render_schemas() -> dict[str, str]:
+    """File name -> schema text. The edge config's schema is included when the edge extra is installed."""
+    schemas = {
+        "curbwatch.event.v1.json": _dump(event_json_schema()),
+        "curbwatch.detlog.v1.json": _dump(LoggedFrame.model_json_schema(by_alias=True)),
+        "curbwatch.zones.v1.json": _dump(ZoneFile.model_json_schema()),
+    }
+    try:
+        from curbwatch.edge.config import EdgeConfig
+    except ImportError:
+        return schemas
+    schemas["curbwatch.edge-config.v1.json"] = _dump(EdgeConfig.model_json_schema())
+    return schemas

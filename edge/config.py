@@ -1,0 +1,134 @@
+"""Edge configuration (``edge.yaml``): validated once at load, frozen afterwards.
+
+Each stage owns its section's model; this module only assembles them. Paths in the file are
+relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from curbwatch.edge.detect.motion import GateConfig
+from curbwatch.edge.detect.onnx import DetectorConfig
+from curbwatch.edge.evidence import EvidenceConfig
+from curbwatch.edge.rules.bins import BinRuleConfig
+from curbwatch.edge.rules.config import RulesConfig
+from curbwatch.edge.sources import SourceConfig
+from curbwatch.edge.track import TrackerConfig
+from curbwatch.schema.yamlio import load_yaml_model
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    base = (info.context or {}).get("base_dir")
+    if value is None or base is None or value.is_absolute():
+        return value
+    return Path(base) / value
+
+
+class CameraConfig(_Strict):
+    """One camera: where its frames come from and which zones apply."""
+
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=64,
+        title="Camera id",
+        description="Must equal the `camera` of its zone file.",
+    )
+    source: SourceConfig = Field(title="Source", description="Video file, RTSP URL, stills folder or webcam.")
+    zones: Path = Field(title="Zone file", description="Path of the camera's zone YAML.")
+    enabled: bool = Field(default=True, title="Enabled", description="Disabled cameras are skipped.")
+
+    _resolve_zones = field_validator("zones")(_resolve)
+
+
+class OutputConfig(_Strict):
+    """Where events and detection logs go."""
+
+    events: str = Field(default="-", title="Events", description="JSON-lines file for events; '-' is stdout.")
+    detlog_dir: Path | None = Field(
+        default=None,
+        title="Detection-log folder",
+        description="If set, every frame's detections are recorded to <folder>/<camera>.jsonl for replay.",
+    )
+
+    _resolve_detlog = field_validator("detlog_dir")(_resolve)
+
+    @field_validator("events")
+    @classmethod
+    def resolve_events(cls, value: str, info: ValidationInfo) -> str:
+        resolved = _resolve(Path(value), info) if value != "-" else None
+        return str(resolved) if resolved is not None else value
+
+
+class EdgeConfig(_Strict):
+    """Everything one edge box runs."""
+
+    version: Literal[1] = Field(title="Version", description="Edge config format version.")
+    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64, title="Device id")
+    detector: DetectorConfig = Field(title="Detector", description="ONNX model shared by all cameras.")
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        title="Inference gate",
+        description="When frames reach the detector (motion gating).",
+    )
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig, title="Tracker")
+    rules: RulesConfig = Field(default_factory=RulesConfig, title="Rules")
+    bins: BinRuleConfig = Field(
+        default_factory=BinRuleConfig, title="Bin rule", description="Bin-site judging."
+    )
+    evidence: EvidenceConfig = Field(title="Evidence", description="Where evidence images are stored.")
+    output: OutputConfig = Field(default_factory=OutputConfig, title="Output")
+    cameras: list[CameraConfig] = Field(min_length=1, title="Cameras")
+
+    @model_validator(mode="after")
+    def verify_unique_cameras(self) -> EdgeConfig:
+        ids = [camera.id for camera in self.cameras]
+        repeated = sorted({cid for cid in ids if ids.count(cid) > 1})
+        if repeated:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+
+def load_edge_config(path: Path | str) -> EdgeConfig:
+    """Load ``edge.yaml``; relative paths are taken from the file's folder."""
+    base_dir = Path(path).resolve().parent
+    return _resolve_stage_paths(load_yaml_model(EdgeConfig, path, context={"base_dir": base_dir}), base_dir)
+
+
+def edge_config_from_dict(data: dict[str, Any], base_dir: Path) -> EdgeConfig:
+    config = EdgeConfig.model_validate(data, context={"base_dir": base_dir})
+    return _resolve_stage_paths(config, base_dir)
+
+
+def _resolve_stage_paths(config: EdgeConfig, base_dir: Path) -> EdgeConfig:
+    """Anchor the paths inside stage sections (model, video files, evidence) at the config's folder."""
+
+    def anchored(path: Path) -> Path:
+        return path if path.is_absolute() else base_dir / path
+
+    detector = config.detector.model_copy(update={"model_path": anchored(config.detector.model_path)})
+    evidence = config.evidence.model_copy(update={"root": anchored(config.evidence.root)})
+    cameras = [
+        camera.model_copy(
+            update={
+                "source": camera.source.model_copy(update={"url": _anchor_url(camera.source.url, base_dir)})
+            }
+        )
+        for camera in config.cameras
+    ]
+    return config.model_copy(update={"detector": detector, "evidence": evidence, "cameras": cameras})
+
+
+def _anchor_url(url: str, base_dir: Path) -> str:
+    if "://" in url or url.startswith("webcam:"):
+        return url
+    prefix = "stills:" if url.startswith("stills:") else ""
+    path = Path(url.removeprefix(prefix))
+    return url if path.is_absolute() else prefix + str(base_dir / path)

@@ -1,0 +1,143 @@
+"""Runs every camera of an edge box, each in its own thread, sharing one detector.
+
+A camera that fails (bad zone file, unreadable video, repeated stage errors) stops alone with
+a clear reason; the others keep running. Live sources reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from curbwatch.edge.config import CameraConfig, EdgeConfig
+from curbwatch.edge.detect.onnx import OnnxDetector
+from curbwatch.edge.events import EventBuilder
+from curbwatch.edge.evidence import EvidenceWriter
+from curbwatch.edge.pipeline import CameraPipeline, PipelineParts, PipelineStats, open_detlog
+from curbwatch.edge.sinks import EventSink
+from curbwatch.edge.sources import SourceError, open_source
+from curbwatch.schema.events import ModelRefV1
+from curbwatch.schema.yamlio import ConfigError
+from curbwatch.schema.zones import load_zone_file
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_ERRORS = 25
+
+
+class CameraOutcome(StrEnum):
+    """How a camera's run finished."""
+
+    ENDED = "ended"  # the source ended (file or stills folder)
+    STOPPED = "stopped"  # asked to stop
+    FAILED = "failed"
+
+
+@dataclass
+class CameraReport:
+    """What happened to one camera."""
+
+    camera_id: str
+    outcome: CameraOutcome = CameraOutcome.STOPPED
+    error: str | None = None
+    stats: PipelineStats = field(default_factory=PipelineStats)
+
+
+def model_ref(detector: OnnxDetector) -> ModelRefV1:
+    card = detector.card
+    return ModelRefV1(name=card.name, version=card.version, sha256=card.sha256, family=card.family)
+
+
+class EdgeRunner:
+    """Starts one thread per enabled camera and waits for them.
+
+    Args:
+        config: The validated edge configuration.
+        sink: Receives every event.
+        detector: A loaded detector; built from ``config.detector`` when omitted.
+
+    Example:
+        >>> runner = EdgeRunner(load_edge_config("edge.yaml"), JsonLinesSink(sys.stdout))
+        >>> reports = runner.run()
+    """
+
+    def __init__(self, config: EdgeConfig, sink: EventSink, detector: OnnxDetector | None = None) -> None:
+        self._config = config
+        self._sink = sink
+        self._detector = detector or OnnxDetector(config.detector)
+        self._parts = PipelineParts(
+            gate=config.gate, tracker=config.tracker, rules=config.rules, bins=config.bins
+        )
+        self._evidence = EvidenceWriter(config.evidence)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> dict[str, CameraReport]:
+        cameras = [camera for camera in self._config.cameras if camera.enabled]
+        reports = {camera.id: CameraReport(camera.id) for camera in cameras}
+        threads = [
+            threading.Thread(
+                target=self._run_camera, args=(camera, reports[camera.id]), name=f"camera-{camera.id}"
+            )
+            for camera in cameras
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return reports
+
+    def _run_camera(self, camera: CameraConfig, report: CameraReport) -> None:
+        try:
+            self._camera_loop(camera, report)
+        except (ConfigError, SourceError, ValueError, OSError) as exc:
+            report.outcome, report.error = CameraOutcome.FAILED, str(exc)
+            logger.error("camera %s failed: %s", camera.id, exc)
+        except (
+            Exception
+        ) as exc:  # the per-camera loop is the one place that must not let a bug stop other cameras
+            report.outcome, report.error = CameraOutcome.FAILED, f"{type(exc).__name__}: {exc}"
+            logger.exception("camera %s crashed", camera.id)
+
+    def _camera_loop(self, camera: CameraConfig, report: CameraReport) -> None:
+        zone_file = load_zone_file(camera.zones, class_names=self._detector.class_names)
+        if zone_file.camera != camera.id:
+            raise ValueError(
+                f"zone file {camera.zones} is for camera {zone_file.camera!r}, not {camera.id!r}"
+            )
+        builder = EventBuilder(
+            self._config.device_id, zone_file, model_ref(self._detector), estimator="reference_change"
+        )
+        detlog = open_detlog(self._config.output.detlog_dir, camera.id)
+        pipeline = CameraPipeline(
+            zone_file, self._detector.detect, builder, self._parts, self._evidence, detlog
+        )
+        report.stats = pipeline.stats
+        errors_in_a_row = 0
+        try:
+            with open_source(camera.source, camera.id) as source:
+                while not self._stop.is_set():
+                    frame = source.read()
+                    if frame is None:
+                        report.outcome = CameraOutcome.ENDED
+                        break
+                    try:
+                        events = pipeline.process(frame)
+                        errors_in_a_row = 0
+                    except Exception:  # one bad frame must not end the camera; a persistent fault must
+                        errors_in_a_row += 1
+                        logger.exception("camera %s: frame at ts=%.3f failed", camera.id, frame.ts)
+                        if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
+                            raise
+                        continue
+                    for event in events:
+                        self._sink.emit(event)
+        finally:
+            for event in pipeline.close():
+                self._sink.emit(event)
+            if detlog is not None:
+                detlog.close()

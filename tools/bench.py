@@ -1,0 +1,352 @@
+"""``make bench``: measure the edge on this machine and write BENCHMARKS.md.
+
+1. Pipeline time per inferred frame over raw ``session.run`` time, same model and inputs.
+2. How many 720p 5 fps streams one box sustains with detection, without growing lag.
+3. Share of frames that reach the detector on a static street with parked cars.
+4. Peak memory (RSS) of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from curbwatch.edge.app import REPO_ROOT, default_model_path, shared_data_dir
+from curbwatch.edge.detect.motion import GateConfig
+from curbwatch.edge.detect.onnx import DetectorConfig, OnnxDetector
+from curbwatch.edge.events import EventBuilder
+from curbwatch.edge.messages import Frame
+from curbwatch.edge.pipeline import CameraPipeline, PipelineParts
+from curbwatch.edge.sources import SourceConfig, open_source
+from curbwatch.schema.zones import ZoneFile
+
+BUILD = REPO_ROOT / "build" / "bench"
+FPS = 5.0
+WH = (1280, 720)
+START_TS = datetime(2026, 11, 25, 9, 0, tzinfo=UTC).timestamp()
+
+
+def render_video(still: Path, out: Path, seconds: float, moving: bool, seed: int = 1) -> Path:
+    """A 720p 5 fps video of a real still with camera noise; ``moving`` adds a crossing vehicle-sized blob."""
+    if out.exists():
+        return out
+    base = cv2.resize(cv2.imread(str(still)), WH, interpolation=cv2.INTER_AREA).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), FPS, WH)
+    for index in range(int(seconds * FPS)):
+        frame = base + rng.normal(0, 3.0, base.shape).astype(np.float32)
+        if moving:
+            x = int((index * 40) % (WH[0] + 200)) - 200
+            cv2.rectangle(frame, (x, 500), (x + 200, 600), (50, 50, 70), -1)
+        writer.write(np.clip(frame, 0, 255).astype(np.uint8))
+    writer.release()
+    return out
+
+
+def transcode_traffic(out: Path, seconds: float) -> Path:
+    """The real motorway video as 720p at 5 fps, looped to ``seconds`` (constant motion: worst case)."""
+    if out.exists():
+        return out
+    source = cv2.VideoCapture(str(shared_data_dir() / "degirum-traffic" / "Traffic.mp4"))
+    native_fps = source.get(cv2.CAP_PROP_FPS) or 30.0
+    frames = []
+    index = 0
+    while True:
+        ok, image = source.read()
+        if not ok:
+            break
+        if index % round(native_fps / FPS) == 0:
+            frames.append(cv2.resize(image, WH, interpolation=cv2.INTER_LINEAR))
+        index += 1
+    source.release()
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), FPS, WH)
+    for index in range(int(seconds * FPS)):
+        # Ping-pong playback keeps the motion continuous across loop points.
+        cycle = index % (2 * len(frames) - 2)
+        writer.write(frames[cycle if cycle < len(frames) else 2 * len(frames) - 2 - cycle])
+    writer.release()
+    return out
+
+
+def street_zones(camera: str) -> ZoneFile:
+    return ZoneFile.model_validate(
+        {
+            "version": 1,
+            "camera": camera,
+            "frame_wh": list(WH),
+            "timezone": "UTC",
+            "zones": [
+                {
+                    "name": "kerb",
+                    "kind": "no_parking",
+                    "polygon": [[0, 360], [1280, 360], [1280, 720], [0, 720]],
+                    "min_dwell_s": 60,
+                }
+            ],
+        }
+    )
+
+
+def read_frames(video: Path, camera: str, limit: int | None = None) -> list[Frame]:
+    config = SourceConfig(url=str(video), start_time=datetime.fromtimestamp(START_TS, UTC))
+    frames = []
+    with open_source(config, camera) as source:
+        while (frame := source.read()) is not None and (limit is None or len(frames) < limit):
+            frames.append(frame)
+    return frames
+
+
+def make_pipeline(detector: OnnxDetector, zones: ZoneFile, gate: GateConfig | None = None) -> CameraPipeline:
+    parts = PipelineParts(gate=gate or GateConfig())
+    return CameraPipeline(zones, detector.detect, EventBuilder("bench", zones, model=None), parts)
+
+
+@dataclass
+class OverheadResult:
+    frames: int
+    session_run_ms: float
+    pipeline_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline_ms / self.session_run_ms
+
+
+def measure_overhead(model: Path, video: Path, frames_n: int = 120) -> OverheadResult:
+    """Every frame inferred: the pipeline's time per frame against session.run alone on the same tensors."""
+    frames = read_frames(video, "traffic", frames_n)
+    detector = OnnxDetector(DetectorConfig(model_path=model))
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    tensors = [detector.input_tensor([frame.image]) for frame in frames]
+    for tensor in tensors[:10]:
+        session.run(None, {input_name: tensor})
+    raw = []
+    for tensor in tqdm(tensors, desc="raw session.run", unit="frame"):
+        started = time.perf_counter()
+        session.run(None, {input_name: tensor})
+        raw.append(time.perf_counter() - started)
+    pipeline = make_pipeline(detector, street_zones("traffic"), GateConfig(warmup_s=3600))
+    for frame in frames[:10]:
+        pipeline.process(frame)
+    pipeline = make_pipeline(detector, street_zones("traffic"), GateConfig(warmup_s=3600))
+    timed = []
+    for frame in tqdm(frames, desc="pipeline", unit="frame"):
+        started = time.perf_counter()
+        pipeline.process(frame)
+        timed.append(time.perf_counter() - started)
+    assert pipeline.stats.inferred_frames == len(frames)
+    return OverheadResult(len(frames), statistics.median(raw) * 1e3, statistics.median(timed) * 1e3)
+
+
+def measure_static_share(model: Path, seconds: float = 300.0) -> tuple[float, int, int]:
+    """A static car park with parked cars and camera noise at 5 fps: share of frames inferred."""
+    video = render_video(
+        shared_data_dir() / "qengineering-cctv" / "parking.jpg",
+        BUILD / "static-parking.mp4",
+        seconds,
+        moving=False,
+    )
+    detector = OnnxDetector(DetectorConfig(model_path=model))
+    pipeline = make_pipeline(detector, street_zones("static"))
+    found = 0
+    for frame in read_frames(video, "static"):
+        pipeline.process(frame)
+    found = len(detector.detect(read_frames(video, "static", 1)[0].image))
+    return pipeline.stats.inferred_share, pipeline.stats.frames, found
+
+
+@dataclass
+class StreamsResult:
+    streams: int
+    seconds: float
+    inferred_share: float
+    lag_p50_s: float
+    lag_p95_last_s: float
+    lag_growth_s: float  # median lag of the last quarter minus the first quarter
+
+    @property
+    def sustained(self) -> bool:
+        return self.lag_p95_last_s < 1.0 and self.lag_growth_s < 0.5
+
+
+def run_streams(model: Path, video: Path, streams: int, seconds: float) -> StreamsResult:
+    """``streams`` cameras decoding the same 720p file, paced at 5 fps, sharing one detector."""
+    detector = OnnxDetector(DetectorConfig(model_path=model, intra_op_threads=1))
+    start_wall = time.monotonic() + 1.0
+    lags: list[list[tuple[float, float]]] = [[] for _ in range(streams)]
+    shares: list[float] = [0.0] * streams
+
+    def camera(index: int) -> None:
+        camera_id = f"cam{index}"
+        pipeline = make_pipeline(detector, street_zones(camera_id))
+        config = SourceConfig(url=str(video), start_time=datetime.fromtimestamp(START_TS, UTC))
+        offset = index / (FPS * streams)  # cameras are not in lock-step in reality
+        with open_source(config, camera_id) as source:
+            while (frame := source.read()) is not None:
+                due = start_wall + offset + (frame.ts - START_TS)
+                if frame.ts - START_TS > seconds:
+                    break
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                pipeline.process(frame)
+                lags[index].append((frame.ts - START_TS, time.monotonic() - due))
+        shares[index] = pipeline.stats.inferred_share
+
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = sorted(lag for per in lags for _, lag in per)
+    first = [lag for per in lags for t, lag in per if t < seconds / 4]
+    last = [lag for per in lags for t, lag in per if t >= seconds * 3 / 4]
+    return StreamsResult(
+        streams,
+        seconds,
+        statistics.mean(shares),
+        everything[len(everything) // 2],
+        float(np.percentile(last, 95)),
+        statistics.median(last) - statistics.median(first),
+    )
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}, "
+        f"onnxruntime {ort.__version__}, OpenCV {cv2.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0, help="Scene time per stream test.")
+    parser.add_argument("--streams", type=int, nargs="+", default=[8, 16, 20, 24])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
+    args = parser.parse_args()
+    model = default_model_path()
+    BUILD.mkdir(parents=True, exist_ok=True)
+    traffic = transcode_traffic(BUILD / "traffic-720p5.mp4", args.seconds + 5)
+    street = render_video(
+        shared_data_dir() / "frigate-cctv" / "ground-plane.jpg",
+        BUILD / "street-720p5.mp4",
+        args.seconds + 5,
+        moving=True,
+    )
+
+    overhead = measure_overhead(model, traffic)
+    print(f"overhead: {overhead}")
+    share, static_frames, parked = measure_static_share(model)
+    print(f"static share: {share:.3f} of {static_frames} frames, {parked} objects")
+    stream_results: dict[str, list[StreamsResult]] = {"street": [], "traffic": []}
+    for name, video in (("street", street), ("traffic", traffic)):
+        for count in args.streams:
+            result = run_streams(model, video, count, args.seconds)
+            print(f"{name} x{count}: {result}")
+            stream_results[name].append(result)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write_report(args.out, overhead, (share, static_frames, parked), stream_results, peak_mb)
+
+
+def write_report(
+    out: Path,
+    overhead: OverheadResult,
+    static: tuple[float, int, int],
+    streams: dict[str, list[StreamsResult]],
+    peak_mb: float,
+) -> None:
+    share, static_frames, parked = static
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            check=False,
+        ).stdout.strip()
+        or "uncommitted"
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {commit} with `make bench` "
+        "(`python -m tools.bench`).",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "Model: YOLOX-Nano (COCO, 416x416, `../shared/data/yolox-nano`), CPUExecutionProvider.",
+        "",
+        "## Pipeline overhead per inferred frame",
+        "",
+        "Every frame inferred (motion gate forced on), 720p frames of the real motorway video; the pipeline is "
+        "privacy masks + motion gate + letterbox + session.run + decode + NMS + tracker + zones + rules. The raw "
+        "figure is `session.run` alone on the same input tensors in a separate session. Medians.",
+        "",
+        "| frames | raw session.run | pipeline | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| {overhead.frames} | {overhead.session_run_ms:.2f} ms | {overhead.pipeline_ms:.2f} ms | "
+        f"{overhead.ratio:.3f} | ≤ 1.10 |",
+        "",
+        "## Streams one box sustains (720p, 5 fps, with detection)",
+        "",
+        "Each stream decodes its own 720p H.264/MPEG-4 file paced at 5 fps and runs the whole pipeline; all share "
+        "one detector (1 intra-op thread per call, calls run concurrently). Lag = time a frame finished minus the "
+        "time it was due. Sustained: p95 lag of the last quarter < 1 s and median lag growing < 0.5 s.",
+        "",
+        "| scene | streams | inferred share | lag p50 | lag p95 (last quarter) | lag growth | sustained |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scene, results in streams.items():
+        for r in results:
+            lines.append(
+                f"| {scene} | {r.streams} | {r.inferred_share:.0%} | {r.lag_p50_s:.3f} s | {r.lag_p95_last_s:.3f} s "
+                f"| {r.lag_growth_s:+.3f} s | {'yes' if r.sustained else 'no'} |"
+            )
+    lines += [
+        "",
+        "`street`: the demo street (a real still with camera noise and a crossing vehicle-sized blob); "
+        "`traffic`: the real motorway video, constant motion, so nearly every frame is inferred (worst case).",
+        "",
+        "## Share of frames reaching the detector on a static scene",
+        "",
+        f"Real car-park still (`qengineering-cctv/parking.jpg`, {parked} objects detected) as a 5 fps 720p video "
+        f"with camera noise, {static_frames} frames: **{share:.1%}** of frames reached the detector "
+        "(warm-up, then a re-check every 10 s). Target ≤ 10%.",
+        "",
+        "## Peak memory",
+        "",
+        f"Peak RSS of the benchmark process: **{peak_mb:.0f} MB** (max over all runs above, including the "
+        "largest stream count).",
+        "",
+    ]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
