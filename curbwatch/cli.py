@@ -69,6 +69,7 @@ def edge_run(
         curbwatch edge run --source rtsp://user:pw@10.0.0.5/stream1 --zones zones/cam-01.yaml --record logs/
     """
     from curbwatch.edge.app import build_config, run_edge
+    from curbwatch.edge.detect.onnx import DetectorError
 
     try:
         edge_config = build_config(
@@ -76,7 +77,10 @@ def edge_run(
         )
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
-    reports = run_edge(edge_config)
+    try:
+        reports = run_edge(edge_config)
+    except DetectorError as exc:
+        _fail(f"cannot start the detector: {exc}")
     failed = [report for report in reports.values() if report.error]
     for report in failed:
         typer.echo(f"camera {report.camera_id} failed: {report.error}", err=True)
@@ -144,9 +148,12 @@ def zones_check(
 
     class_names = None
     if model is not None:
-        from curbwatch.edge.detect.card import load_card
+        from curbwatch.edge.detect.onnx import DetectorConfig, DetectorError, OnnxDetector
 
-        class_names = load_card(model).class_names
+        try:
+            class_names = OnnxDetector(DetectorConfig(model_path=model)).class_names
+        except DetectorError as exc:
+            _fail(str(exc))
     bad = 0
     for path in files:
         try:

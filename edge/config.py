@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from curbwatch.edge.detect.motion import GateConfig
 from curbwatch.edge.detect.onnx import DetectorConfig
@@ -87,13 +87,14 @@ class EdgeConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig, title="Output")
     cameras: list[CameraConfig] = Field(min_length=1, title="Cameras")
 
-    @model_validator(mode="after")
-    def verify_unique_cameras(self) -> EdgeConfig:
-        ids = [camera.id for camera in self.cameras]
+    @field_validator("cameras")
+    @classmethod
+    def verify_unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        ids = [camera.id for camera in cameras]
         repeated = sorted({cid for cid in ids if ids.count(cid) > 1})
         if repeated:
             raise ValueError(f"camera ids must be unique; repeated: {', '.join(repeated)}")
-        return self
+        return cameras
 
 
 def load_edge_config(path: Path | str) -> EdgeConfig:

@@ -17,7 +17,7 @@ from curbwatch.edge.events import EventBuilder
 from curbwatch.edge.evidence import EvidenceWriter
 from curbwatch.edge.pipeline import CameraPipeline, PipelineParts, PipelineStats, open_detlog
 from curbwatch.edge.sinks import EventSink
-from curbwatch.edge.sources import SourceError, open_source
+from curbwatch.edge.sources import CameraStatus, SourceError, SourceReadError, open_source
 from curbwatch.schema.events import ModelRefV1
 from curbwatch.schema.yamlio import ConfigError
 from curbwatch.schema.zones import load_zone_file
@@ -25,6 +25,7 @@ from curbwatch.schema.zones import load_zone_file
 logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 25
+READ_POLL_S = 1.0  # a silent live source is polled this often so a stop request is noticed
 
 
 class CameraOutcome(StrEnum):
@@ -43,6 +44,7 @@ class CameraReport:
     outcome: CameraOutcome = CameraOutcome.STOPPED
     error: str | None = None
     stats: PipelineStats = field(default_factory=PipelineStats)
+    source_status: CameraStatus | None = None
 
 
 def model_ref(detector: OnnxDetector) -> ModelRefV1:
@@ -121,7 +123,12 @@ class EdgeRunner:
         try:
             with open_source(camera.source, camera.id) as source:
                 while not self._stop.is_set():
-                    frame = source.read()
+                    try:
+                        frame = source.read(timeout_s=READ_POLL_S)
+                    except SourceReadError:
+                        report.source_status = source.status  # reconnecting by itself; keep polling
+                        continue
+                    report.source_status = source.status
                     if frame is None:
                         report.outcome = CameraOutcome.ENDED
                         break

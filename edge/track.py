@@ -180,6 +180,9 @@ class TrackerConfig(BaseModel):
     )
     """Groups of labels a detector confuses; a track matches detections of its own group only.
     Bus stays apart so a passing bus does not take over a parked car's track."""
+    duplicate_iou: float = Field(0.7, gt=0, le=1, title="Duplicate IoU")
+    """Detections of one compatible group overlapping this much are one object seen as two classes
+    (a real detector often reports the same car as car 0.75 and truck 0.48); the weaker is dropped."""
     min_hits: int = Field(3, ge=1, title="Hits to confirm")
     """Detections needed within the birth window before a track exists."""
     birth_window_s: float = Field(3.0, gt=0, title="Birth window (s)")
@@ -332,7 +335,23 @@ class Tracker:
     def _group(self, label: str) -> str:
         return self._group_of.get(label, label)
 
+    def _merge_duplicates(self, detections: Detections) -> Detections:
+        """Keep one detection per object when the detector names it with two compatible classes."""
+        if len(detections) < 2:
+            return detections
+        groups = np.array([self._group(label) for label in detections.labels])
+        overlap = box_iou(detections.xyxy, detections.xyxy) >= self.config.duplicate_iou
+        same = overlap & (groups[:, None] == groups[None, :])
+        keep = np.ones(len(detections), bool)
+        for index in np.argsort(-detections.scores, kind="stable"):
+            if keep[index]:
+                rivals = same[index].copy()
+                rivals[index] = False
+                keep &= ~(rivals & (detections.scores <= detections.scores[index]))
+        return detections if keep.all() else detections.select(keep)
+
     def _step(self, detections: Detections, ts: float) -> None:
+        detections = self._merge_duplicates(detections)
         labels = detections.labels
         boxes = detections.xyxy.astype(np.float64)
         scores = detections.scores.astype(np.float64)

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 import numpy as np
@@ -78,7 +79,7 @@ class DetectorConfig(BaseModel):
     score_threshold: float = Field(
         default=0.3, ge=0.0, le=1.0, title="Score threshold", description="Minimum score for a box."
     )
-    class_thresholds: dict[str, float] = Field(
+    class_thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=dict,
         title="Per-class thresholds",
         description="Class name -> minimum score, overriding score_threshold for that class.",
@@ -221,6 +222,12 @@ class OnnxDetector:
         for index, name in enumerate(self.class_names):
             thresholds[index] = self.config.class_thresholds.get(name, thresholds[index])
         return thresholds
+
+    def input_tensor(self, images: list[np.ndarray]) -> np.ndarray:
+        """The exact tensor ``session.run`` receives for these frames (benchmarks, parity checks)."""
+        for image in images:
+            _check_image(image)
+        return self._codec.blob([self._codec.letterbox(image)[0] for image in images])
 
     def detect(self, image: np.ndarray) -> Detections:
         """Detect objects in one BGR uint8 (H, W, 3) frame; boxes are in that frame's pixels."""

@@ -307,3 +307,26 @@ def test_partly_hidden_parked_car_is_not_a_departure() -> None:
     after = simulate(tracker, parked(), 5.0, rng, start_s=50.0)
     for tracks in during + after:
         assert tracks.by_id()[car.track_id].stationary_since_ts == car.stationary_since_ts
+
+
+@pytest.mark.parametrize(
+    ("labels", "boxes", "tracks_expected"),
+    [
+        # The real YOLOX-Nano reports the parked car in frigate-cctv as car 0.75 and truck 0.48.
+        (["car", "truck"], [(112, 63, 264, 124), (118, 64, 267, 124)], 1),
+        (["car", "person"], [(112, 63, 264, 124), (118, 64, 267, 124)], 2),  # different groups: two objects
+        (["car", "car"], [(100, 60, 200, 120), (210, 60, 310, 120)], 2),  # side by side: two cars
+    ],
+)
+def test_one_object_reported_as_two_compatible_classes_is_one_track(
+    labels: list[str], boxes: list[tuple[int, int, int, int]], tracks_expected: int
+) -> None:
+    tracker = Tracker(TrackerConfig())
+    tracks = None
+    for step in range(6):
+        tracks = tracker.update(
+            make_detections(boxes, scores=[0.75, 0.48], labels=labels), step * 0.2, (1280, 720)
+        )
+    assert tracks is not None and len(tracks.items) == tracks_expected
+    if tracks_expected == 1:
+        assert tracks.items[0].label == "car"

@@ -181,16 +181,22 @@ def test_class_aware_nms(rows: list, max_detections: int, kept: list[int]) -> No
     assert nms_by_class(candidates(rows), 0.45, max_detections).tolist() == kept
 
 
-def test_pipeline_overhead_is_small(data_dir: Path, yolox: OnnxDetector) -> None:
+def test_timings_split_the_call_and_input_tensor_is_what_the_model_sees(
+    data_dir: Path, yolox: OnnxDetector, yolox_nano_path: Path
+) -> None:
     frame = cv2.resize(read_image(data_dir, "qengineering-cctv/parking.jpg"), (1280, 720))
-    ratios = []
-    for _ in range(7):
-        yolox.detect(frame)
-        timings = yolox.last_timings
-        assert timings is not None and timings.inference_s > 0
-        ratios.append(timings.total_s / timings.inference_s)
-    # Target is <= 1.10; the bound is loose because the CI machine is shared.
-    assert float(np.median(ratios)) < 1.25
+    detections = yolox.detect(frame)
+    timings = yolox.last_timings
+    assert timings is not None and timings.batch_size == 1
+    assert min(timings.preprocess_s, timings.inference_s, timings.postprocess_s) > 0
+    tensor = yolox.input_tensor([frame])
+    assert tensor.shape == (1, 3, 416, 416) and tensor.dtype == np.float32
+    # The top-left letterbox leaves the bottom rows as padding (720/1280 * 416 = 234 rows of image).
+    assert np.all(tensor[0, :, 240:, :] == 114)
+    raw = ort.InferenceSession(str(yolox_nano_path), providers=["CPUExecutionProvider"])
+    output = raw.run(None, {raw.get_inputs()[0].name: tensor})[0]
+    objectness = output[0, :, 4]
+    assert (objectness > 0.3).sum() >= len(detections) > 0
 
 
 # ---- bad inputs -------------------------------------------------------------------------------
