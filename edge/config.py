@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from curbwatch.edge.detect.batching import BatchingConfig
 from curbwatch.edge.detect.motion import GateConfig
 from curbwatch.edge.detect.onnx import DetectorConfig
 from curbwatch.edge.evidence import EvidenceConfig
@@ -73,6 +74,12 @@ class EdgeConfig(_Strict):
     version: Literal[1] = Field(title="Version", description="Edge config format version.")
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64, title="Device id")
     detector: DetectorConfig = Field(title="Detector", description="ONNX model shared by all cameras.")
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig,
+        title="Batching",
+        description="Merge detector calls of several cameras into one session.run "
+        "(pays on GPUs and dynamic-batch models).",
+    )
     gate: GateConfig = Field(
         default_factory=GateConfig,
         title="Inference gate",

@@ -30,8 +30,10 @@ DEMO_START = "2026-11-27T09:00:00+08:00"
 DEMO_ZONES = REPO_ROOT / "zones" / "demo-kerb.yaml"
 
 
-def render_street_video(still: Path, out: Path, seconds: float, seed: int = 7) -> Path:
-    """Write a noisy, gently lit-changing video of ``still`` with a blob crossing now and then."""
+def render_street_video(
+    still: Path, out: Path, seconds: float, seed: int = 7, passers_by: bool = True
+) -> Path:
+    """Write a noisy, gently lit-changing video of ``still``, with a blob crossing now and then."""
     image = cv2.imread(str(still))
     if image is None:
         raise FileNotFoundError(f"cannot read the demo still {still}")
@@ -47,7 +49,8 @@ def render_street_video(still: Path, out: Path, seconds: float, seed: int = 7) -
             t = index / DEMO_FPS
             light = 1.0 + 0.04 * np.sin(2 * np.pi * t / 90.0)
             frame = base * light + rng.normal(0.0, 3.0, base.shape).astype(np.float32)
-            _draw_passer_by(frame, t)
+            if passers_by:
+                _draw_passer_by(frame, t)
             writer.write(np.clip(frame, 0, 255).astype(np.uint8))
     finally:
         writer.release()

@@ -156,7 +156,9 @@ class CameraPipeline:
         if self._stages is None:
             return []
         end_ts = ts if ts is not None else (self.stats.last_ts or 0.0)
-        return [self._builder.build(ep, self._stages.frame_wh) for ep in self._stages.rules.close(end_ts)]
+        events = [self._builder.build(ep, self._stages.frame_wh) for ep in self._stages.rules.close(end_ts)]
+        self.stats.events += len(events)
+        return events
 
     def _stages_for(self, frame: Frame) -> _StreamStages:
         if self._stages is None or self._stages.frame_wh != frame.resolution_wh:

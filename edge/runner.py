@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from curbwatch.edge.config import CameraConfig, EdgeConfig
+from curbwatch.edge.detect.batching import BatchingDetector
 from curbwatch.edge.detect.onnx import OnnxDetector
 from curbwatch.edge.events import EventBuilder
 from curbwatch.edge.evidence import EvidenceWriter
@@ -69,6 +70,7 @@ class EdgeRunner:
         self._config = config
         self._sink = sink
         self._detector = detector or OnnxDetector(config.detector)
+        self._shared_detector = BatchingDetector(self._detector, config.batching)
         self._parts = PipelineParts(
             gate=config.gate, tracker=config.tracker, rules=config.rules, bins=config.bins
         )
@@ -91,6 +93,7 @@ class EdgeRunner:
             thread.start()
         for thread in threads:
             thread.join()
+        self._shared_detector.close()
         return reports
 
     def _run_camera(self, camera: CameraConfig, report: CameraReport) -> None:
@@ -112,11 +115,14 @@ class EdgeRunner:
                 f"zone file {camera.zones} is for camera {zone_file.camera!r}, not {camera.id!r}"
             )
         builder = EventBuilder(
-            self._config.device_id, zone_file, model_ref(self._detector), estimator="reference_change"
+            self._config.device_id,
+            zone_file,
+            model_ref(self._detector),
+            estimator=self._config.bins.estimator,
         )
         detlog = open_detlog(self._config.output.detlog_dir, camera.id)
         pipeline = CameraPipeline(
-            zone_file, self._detector.detect, builder, self._parts, self._evidence, detlog
+            zone_file, self._shared_detector.detect, builder, self._parts, self._evidence, detlog
         )
         report.stats = pipeline.stats
         errors_in_a_row = 0

@@ -23,8 +23,15 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def test_every_command_has_help_with_examples() -> None:
-    for command in (["edge", "run"], ["edge", "check-config"], ["replay"], ["zones", "check"],
-                    ["zones", "import-pklot"], ["schema", "export"], ["demo"]):  # fmt: skip
+    for command in (
+        ["edge", "run"],
+        ["edge", "check-config"],
+        ["replay"],
+        ["zones", "check"],
+        ["zones", "import-pklot"],
+        ["schema", "export"],
+        ["demo"],
+    ):
         code, out, _ = invoke(*command, "--help")
         assert code == 0 and "Example" in out, command
 
@@ -53,8 +60,17 @@ def test_zones_check_against_the_model_vocabulary(tmp_path: Path, yolox_nano_pat
 def test_import_pklot_writes_a_valid_zone_file(tmp_path: Path, data_dir: Path) -> None:
     xml = next((data_dir / "pklot-ufpr05" / "sequence0" / "bounding_boxes").glob("*.xml"))
     out = tmp_path / "ufpr05.yaml"
-    code, _, _ = invoke("zones", "import-pklot", str(xml), "--camera", "ufpr05", "--timezone", "America/Sao_Paulo",
-                        "--out", str(out))  # fmt: skip
+    code, _, _ = invoke(
+        "zones",
+        "import-pklot",
+        str(xml),
+        "--camera",
+        "ufpr05",
+        "--timezone",
+        "America/Sao_Paulo",
+        "--out",
+        str(out),
+    )
     assert code == 0
     code, stdout, _ = invoke("zones", "check", str(out))
     assert code == 0 and "(40 zones)" in stdout
@@ -77,12 +93,20 @@ def test_replay_prints_events_from_a_detection_log(tmp_path: Path) -> None:
     ("line", "message"),
     [
         ("{not json", ":2: "),
-        (json.dumps({"ts": T0, "frame_wh": [1280, 720], "detections": [{"label": "car", "score": 2,
-                                                                         "xyxy": [0, 0, 1, 1]}]}), "score"),
+        (
+            json.dumps(
+                {
+                    "ts": T0,
+                    "frame_wh": [1280, 720],
+                    "detections": [{"label": "car", "score": 2, "xyxy": [0, 0, 1, 1]}],
+                }
+            ),
+            "score",
+        ),
         (json.dumps({"ts": T0 - 100, "frame_wh": [1280, 720]}), "goes back in time"),
         (json.dumps({"ts": T0 + 1, "frame_wh": [1280, 720], "camera": "other"}), "from camera 'other'"),
     ],
-)  # fmt: skip
+)
 def test_replay_rejects_bad_logs_with_the_line(tmp_path: Path, line: str, message: str) -> None:
     zones = tmp_path / "scn.yaml"
     zones.write_text(json.dumps(zone_file().model_dump(mode="json")))
@@ -100,8 +124,16 @@ def test_edge_run_refuses_a_file_that_is_not_onnx(tmp_path: Path) -> None:
     model.write_bytes(b"definitely not a protobuf" * 10)
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
-    code, _, err = invoke("edge", "run", "--source", str(video), "--model", str(model),
-                          "--zones", str(REPO_ROOT / "zones" / "demo-kerb.yaml"))  # fmt: skip
+    code, _, err = invoke(
+        "edge",
+        "run",
+        "--source",
+        str(video),
+        "--model",
+        str(model),
+        "--zones",
+        str(REPO_ROOT / "zones" / "demo-kerb.yaml"),
+    )
     assert code == 1
     assert "model.onnx" in err and "onnxruntime" in err
 

@@ -129,7 +129,8 @@ def _select_providers(requested: tuple[str, ...]) -> list[str]:
     return chosen
 
 
-def _open_session(config: DetectorConfig) -> ort.InferenceSession:
+def open_session(config: DetectorConfig) -> ort.InferenceSession:
+    """An onnxruntime session for the config's model, providers and threads (the detector's own)."""
     path = config.model_path
     if not path.is_file():
         what = "a directory" if path.is_dir() else "nothing"
@@ -166,7 +167,7 @@ class OnnxDetector:
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
-        self._session = _open_session(config)
+        self._session = open_session(config)
         source = str(config.model_path)
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self._card = resolve_card(config.model_path, config.models_dir, metadata)
@@ -197,6 +198,11 @@ class OnnxDetector:
     @property
     def card(self) -> ModelCard:
         return self._card
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The underlying session, for benchmarks that time ``session.run`` alone."""
+        return self._session
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -39,11 +39,15 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
     assert config.output.events == str(base / "out" / "events.jsonl")
     assert config.output.detlog_dir == base / "logs"
     assert [c.source.url for c in config.cameras] == [
-        str(base / "videos" / "a.mp4"), "rtsp://u:p@192.0.2.1/s", f"stills:{base / 'snaps'}",
-    ]  # fmt: skip
+        str(base / "videos" / "a.mp4"),
+        "rtsp://u:p@192.0.2.1/s",
+        f"stills:{base / 'snaps'}",
+    ]
     assert [c.zones for c in config.cameras] == [
-        base / "zones" / "cam-1.yaml", Path("/etc/curbwatch/cam-2.yaml"), base / "zones" / "cam-3.yaml",
-    ]  # fmt: skip
+        base / "zones" / "cam-1.yaml",
+        Path("/etc/curbwatch/cam-2.yaml"),
+        base / "zones" / "cam-3.yaml",
+    ]
     with pytest.raises(ValidationError):
         config.device_id = "other"  # type: ignore[misc]
 
@@ -52,11 +56,20 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
     ("change", "where"),
     [
         (("  - id: cam-3", "  - id: cam-1"), ":6:1: cameras: camera ids must be unique; repeated: cam-1"),
-        (("device_id: box-1", "device_id: box-1\nsurprise: 1"), ":3:1: surprise: Extra inputs are not permitted"),
-        (("source: {url: videos/a.mp4, fps: 5}", "source: {url: videos/a.mp4, fps: -5}"), ":8:33: cameras[0].source.fps: Input should be greater than 0"),
-        (("class_thresholds: {person: 0.5}", "class_thresholds: {person: 1.5}"), ":3:58: detector.class_thresholds.person"),
+        (
+            ("device_id: box-1", "device_id: box-1\nsurprise: 1"),
+            ":3:1: surprise: Extra inputs are not permitted",
+        ),
+        (
+            ("source: {url: videos/a.mp4, fps: 5}", "source: {url: videos/a.mp4, fps: -5}"),
+            ":8:33: cameras[0].source.fps: Input should be greater than 0",
+        ),
+        (
+            ("class_thresholds: {person: 0.5}", "class_thresholds: {person: 1.5}"),
+            ":3:58: detector.class_thresholds.person",
+        ),
     ],
-)  # fmt: skip
+)
 def test_errors_name_the_line(tmp_path: Path, change: tuple[str, str], where: str) -> None:
     path = tmp_path / "edge.yaml"
     path.write_text(VALID.replace(*change))
