@@ -40,6 +40,10 @@ class EventBuilder:
         self._estimator = estimator
         self._new_id = new_id
 
+    def for_zones(self, zone_file: ZoneFile) -> EventBuilder:
+        """The same builder for a replaced zone file (remote config)."""
+        return EventBuilder(self._device_id, zone_file, self._model, self._estimator, self._new_id)
+
     def event_code(self, episode: EpisodeEvent) -> EventCodeEntry:
         """The city code the episode is filed under (zone override, else the file's table)."""
         return self._zone_file.event_code(self._zones[episode.zone], episode.violation)  # type: ignore[arg-type]

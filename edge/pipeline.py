@@ -25,7 +25,7 @@ from curbwatch.edge.rules.engine import RuleEngine
 from curbwatch.edge.track import Tracker, TrackerConfig
 from curbwatch.edge.zones import ZoneSet
 from curbwatch.schema.detlog import LoggedDetection, LoggedFrame, write_frame
-from curbwatch.schema.events import EventV1
+from curbwatch.schema.events import EndReason, EventV1
 from curbwatch.schema.zones import ZoneFile
 
 logger = logging.getLogger(__name__)
@@ -70,11 +70,19 @@ class SceneStages:
         self.frame_wh = frame_wh
         self.zones = ZoneSet(zone_file, frame_wh)
         self.tracker = Tracker(parts.tracker)
-        self.rules = RuleEngine(
+        self.rules = self._rule_engine(parts)
+
+    def _rule_engine(self, parts: PipelineParts) -> RuleEngine:
+        return RuleEngine(
             self.zones,
             parts.rules,
             bin_rule_factory=lambda zone, zone_set: make_bin_rule(zone, zone_set, parts.rules, parts.bins),
         )
+
+    def replace_zones(self, zone_file: ZoneFile, parts: PipelineParts) -> None:
+        """New zones and rules for the same stream; tracks (and their stillness) carry on."""
+        self.zones = ZoneSet(zone_file, self.frame_wh)
+        self.rules = self._rule_engine(parts)
 
     def advance(
         self, ts: float, detections: Detections | None, frame: Frame | None
@@ -127,11 +135,24 @@ class CameraPipeline:
         self._evidence = evidence
         self._detlog = detlog
         self._stages: _StreamStages | None = None
+        self._pending_zones: ZoneFile | None = None
         self.stats = PipelineStats()
+
+    def replace_zones(self, zone_file: ZoneFile) -> None:
+        """Use a new zone file from the next frame on (safe to call from another thread).
+
+        Open episodes end with ``zones_changed``. The tracker is kept, so objects keep their ids
+        and stillness; like a schedule coming into force, a new zone's dwell counts from when it
+        applies.
+        """
+        if zone_file.camera != self._zone_file.camera:
+            raise ValueError(f"zone file is for camera {zone_file.camera!r}, not {self._zone_file.camera!r}")
+        self._pending_zones = zone_file
 
     def process(self, frame: Frame) -> list[EventV1]:
         """Run one frame through every stage and return the events it caused."""
         started = time.perf_counter()
+        closing = self._swap_zones(frame.ts)
         stages = self._stages_for(frame)
         image = stages.zones.apply_privacy_masks(frame.image)
         masked = frame if image is frame.image else Frame(frame.camera_id, frame.ts, image, frame.index)
@@ -144,7 +165,7 @@ class CameraPipeline:
             self.stats.detect_s += time.perf_counter() - detect_started
             self.stats.inferred_frames += 1
         tracks, episodes = stages.advance(masked.ts, detections, masked)
-        events = [self._event(episode, masked, tracks, stages) for episode in episodes]
+        events = closing + [self._event(episode, masked, tracks, stages) for episode in episodes]
 
         if self._detlog is not None:
             self._record(masked, detections)
@@ -159,6 +180,20 @@ class CameraPipeline:
         events = [self._builder.build(ep, self._stages.frame_wh) for ep in self._stages.rules.close(end_ts)]
         self.stats.events += len(events)
         return events
+
+    def _swap_zones(self, ts: float) -> list[EventV1]:
+        zone_file, self._pending_zones = self._pending_zones, None
+        if zone_file is None:
+            return []
+        closing = []
+        if self._stages is not None:
+            ended = self._stages.rules.close(ts, EndReason.ZONES_CHANGED)
+            closing = [self._builder.build(episode, self._stages.frame_wh) for episode in ended]
+            self._stages.replace_zones(zone_file, self._parts)
+        self._zone_file = zone_file
+        self._builder = self._builder.for_zones(zone_file)
+        logger.info("camera %s: new zone file applied (%d zones)", zone_file.camera, len(zone_file.zones))
+        return closing
 
     def _stages_for(self, frame: Frame) -> _StreamStages:
         if self._stages is None or self._stages.frame_wh != frame.resolution_wh:

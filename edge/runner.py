@@ -21,7 +21,7 @@ from curbwatch.edge.sinks import EventSink
 from curbwatch.edge.sources import CameraStatus, SourceError, SourceReadError, open_source
 from curbwatch.schema.events import ModelRefV1
 from curbwatch.schema.yamlio import ConfigError
-from curbwatch.schema.zones import load_zone_file
+from curbwatch.schema.zones import ZoneFile, load_zone_file
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,28 @@ class EdgeRunner:
         )
         self._evidence = EvidenceWriter(config.evidence)
         self._stop = threading.Event()
+        self._pipelines: dict[str, CameraPipeline] = {}
+        self._zone_overrides: dict[str, ZoneFile] = {}  # remote zone files, also for cameras not yet started
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._detector.class_names
+
+    @property
+    def camera_ids(self) -> tuple[str, ...]:
+        return tuple(camera.id for camera in self._config.cameras if camera.enabled)
+
+    def replace_zones(self, zone_file: ZoneFile) -> None:
+        """Give a camera a new zone file; a running camera takes it at its next frame."""
+        if zone_file.camera not in self.camera_ids:
+            raise KeyError(f"camera {zone_file.camera!r} is not configured on this box")
+        self._zone_overrides[zone_file.camera] = zone_file
+        pipeline = self._pipelines.get(zone_file.camera)
+        if pipeline is not None:
+            pipeline.replace_zones(zone_file)
+
+    def set_thresholds(self, score_threshold: float, class_thresholds: dict[str, float]) -> None:
+        self._detector.set_thresholds(score_threshold, class_thresholds)
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,7 +131,9 @@ class EdgeRunner:
             logger.exception("camera %s crashed", camera.id)
 
     def _camera_loop(self, camera: CameraConfig, report: CameraReport) -> None:
-        zone_file = load_zone_file(camera.zones, class_names=self._detector.class_names)
+        zone_file = self._zone_overrides.get(camera.id) or load_zone_file(
+            camera.zones, class_names=self._detector.class_names
+        )
         if zone_file.camera != camera.id:
             raise ValueError(
                 f"zone file {camera.zones} is for camera {zone_file.camera!r}, not {camera.id!r}"
@@ -125,6 +149,7 @@ class EdgeRunner:
             zone_file, self._shared_detector.detect, builder, self._parts, self._evidence, detlog
         )
         report.stats = pipeline.stats
+        self._pipelines[camera.id] = pipeline
         errors_in_a_row = 0
         try:
             with open_source(camera.source, camera.id) as source:

@@ -54,6 +54,7 @@ class EndReason(StrEnum):
     CLEARED = "cleared"  # the bin site looks clean again
     SCHEDULE_ENDED = "schedule_ended"  # the zone went out of force
     STREAM_ENDED = "stream_ended"  # the source ended or the edge shut down
+    ZONES_CHANGED = "zones_changed"  # a new zone configuration replaced the zone
 
 
 class EvidenceRole(StrEnum):

@@ -182,7 +182,7 @@ class OnnxDetector:
         self._input_name, self._output_name = inputs[0].name, outputs[0].name
         batch_dim = inputs[0].shape[0]
         self._batch_cap: int | None = batch_dim if isinstance(batch_dim, int) else None
-        self._thresholds = self._build_thresholds()
+        self._thresholds = self._build_thresholds(config.score_threshold, config.class_thresholds)
         self.last_timings: DetectTimings | None = None
         logger.info(
             "detector %s %s (%s, %s classes, input %s, batch %s) on %s",
@@ -218,15 +218,25 @@ class OnnxDetector:
         """Providers the session actually uses, best first."""
         return list(self._session.get_providers())
 
-    def _build_thresholds(self) -> np.ndarray:
-        unknown = sorted(set(self.config.class_thresholds) - set(self.class_names))
+    def set_thresholds(self, score_threshold: float, class_thresholds: dict[str, float]) -> None:
+        """Replace the score thresholds at run time (remote config) without reloading the model.
+
+        The frozen ``config`` keeps what the box started with; the array swap is atomic, so a
+        concurrent ``detect`` uses either the old or the new thresholds, never a mix.
+        """
+        if not 0.0 <= score_threshold <= 1.0 or any(not 0.0 <= v <= 1.0 for v in class_thresholds.values()):
+            raise DetectorConfigError("score thresholds must lie in [0, 1]")
+        self._thresholds = self._build_thresholds(score_threshold, class_thresholds)
+
+    def _build_thresholds(self, score_threshold: float, class_thresholds: dict[str, float]) -> np.ndarray:
+        unknown = sorted(set(class_thresholds) - set(self.class_names))
         if unknown:
             raise DetectorConfigError(
                 f"class_thresholds name classes that {self._card.name} does not have: {', '.join(unknown)}"
             )
-        thresholds = np.full(len(self.class_names), self.config.score_threshold, np.float32)
+        thresholds = np.full(len(self.class_names), score_threshold, np.float32)
         for index, name in enumerate(self.class_names):
-            thresholds[index] = self.config.class_thresholds.get(name, thresholds[index])
+            thresholds[index] = class_thresholds.get(name, thresholds[index])
         return thresholds
 
     def input_tensor(self, images: list[np.ndarray]) -> np.ndarray:
@@ -264,8 +274,9 @@ class OnnxDetector:
             inference_s += run_end - run_start
             outputs.extend(raw)
         post_start = time.perf_counter()
+        thresholds = self._thresholds  # one set for the whole batch, even if swapped meanwhile
         results = [
-            self._finish(output, box, image)
+            self._finish(output, box, image, thresholds)
             for output, box, image in zip(outputs, boxes, images, strict=True)
         ]
         self.last_timings = DetectTimings(
@@ -273,8 +284,10 @@ class OnnxDetector:
         )
         return results
 
-    def _finish(self, output: np.ndarray, box: Letterbox, image: np.ndarray) -> Detections:
-        found = self._codec.decode(output, self._thresholds)
+    def _finish(
+        self, output: np.ndarray, box: Letterbox, image: np.ndarray, thresholds: np.ndarray
+    ) -> Detections:
+        found = self._codec.decode(output, thresholds)
         keep = nms_by_class(found, self.config.nms_iou, self.config.max_detections)
         xyxy = to_frame(found.xyxy[keep], box, (image.shape[1], image.shape[0]))
         return Detections(xyxy, found.scores[keep], found.class_ids[keep], self.class_names)

@@ -54,8 +54,8 @@ class ZoneRule(Protocol):
         """
         ...
 
-    def close(self, ts: float) -> list[EpisodeEvent]:
-        """End every open episode with ``STREAM_ENDED`` at ``ts``."""
+    def close(self, ts: float, reason: EndReason = EndReason.STREAM_ENDED) -> list[EpisodeEvent]:
+        """End every open episode at ``ts`` (stream over, or zones replaced)."""
         ...
 
 

@@ -163,9 +163,9 @@ class BinRule:
         )
         return [] if event is None else [event]
 
-    def close(self, ts: float) -> list[EpisodeEvent]:
-        """End the open episode, if any, with ``STREAM_ENDED``."""
-        return self._book.end_all(self._clock.closing_ts(ts), EndReason.STREAM_ENDED)
+    def close(self, ts: float, reason: EndReason = EndReason.STREAM_ENDED) -> list[EpisodeEvent]:
+        """End the open episode, if any (stream over, or zones replaced)."""
+        return self._book.end_all(self._clock.closing_ts(ts), reason)
 
     def _observe(self, frame: Frame, tracks: Tracks, ts: float) -> None:
         site = self._site(frame)

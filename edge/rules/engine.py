@@ -11,6 +11,7 @@ from curbwatch.edge.rules.base import IdFactory, RuleError, ZoneRule, new_episod
 from curbwatch.edge.rules.config import RulesConfig
 from curbwatch.edge.rules.parking import ParkingRule
 from curbwatch.edge.rules.vending import VendingRule
+from curbwatch.schema.events import EndReason
 from curbwatch.schema.zones import BinSiteZone, NoParkingZone, NoVendingZone, PermittedVendingZone
 
 logger = logging.getLogger(__name__)
@@ -81,9 +82,9 @@ class RuleEngine:
             events.extend(rule.update(frame, tracks, hits))
         return events
 
-    def close(self, ts: float) -> list[EpisodeEvent]:
-        """End every open episode of every rule with ``STREAM_ENDED``."""
+    def close(self, ts: float, reason: EndReason = EndReason.STREAM_ENDED) -> list[EpisodeEvent]:
+        """End every open episode of every rule (stream over, or zones replaced)."""
         events: list[EpisodeEvent] = []
         for rule in self._rules:
-            events.extend(rule.close(ts))
+            events.extend(rule.close(ts, reason))
         return events

@@ -89,9 +89,9 @@ class ParkingRule:
                 events.append(event)
         return events
 
-    def close(self, ts: float) -> list[EpisodeEvent]:
-        """End every open episode with ``STREAM_ENDED``."""
-        events = self._book.end_all(self._clock.closing_ts(ts), EndReason.STREAM_ENDED)
+    def close(self, ts: float, reason: EndReason = EndReason.STREAM_ENDED) -> list[EpisodeEvent]:
+        """End every open episode (stream over, or zones replaced)."""
+        events = self._book.end_all(self._clock.closing_ts(ts), reason)
         self._inside.clear()
         return events
 

@@ -57,7 +57,7 @@ class RecordingRule:
         self.frames.append(hits.ts)
         return []
 
-    def close(self, ts: float) -> list[EpisodeEvent]:
+    def close(self, ts: float, reason: EndReason = EndReason.STREAM_ENDED) -> list[EpisodeEvent]:
         self.closed_at.append(ts)
         return []
 

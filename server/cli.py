@@ -1,0 +1,110 @@
+"""``curbwatch server ...`` and ``curbwatch devices ...`` commands.
+
+Wire them into the main command line with::
+
+    from curbwatch.server.cli import devices_app, server_app
+    app.add_typer(server_app, name="server")
+    app.add_typer(devices_app, name="devices")
+
+SQLAlchemy and paho are imported inside the commands so ``curbwatch --help`` stays light.
+``python -m curbwatch.server.cli`` runs both groups on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from curbwatch.server.settings import ServerSettings
+
+server_app = typer.Typer(no_args_is_help=True, help="Run the server: migrations and MQTT ingest.")
+devices_app = typer.Typer(no_args_is_help=True, help="Register edge devices and show their health.")
+
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database-url", help="Overrides CURBWATCH_DATABASE_URL.", show_default=False)
+]
+
+
+def _settings(database_url: str | None, **overrides: object) -> ServerSettings:
+    from curbwatch.server.settings import get_settings
+
+    if database_url:
+        overrides["database_url"] = database_url
+    return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@server_app.command("migrate")
+def migrate_command(database_url: DatabaseOption = None) -> None:
+    """Create or upgrade the database schema (alembic ``upgrade head``)."""
+    from curbwatch.server.db import DatabaseError, migrate
+
+    settings = _settings(database_url)
+    try:
+        migrate(settings.database_url)
+    except DatabaseError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo("database is at the latest revision")
+
+
+@server_app.command("ingest")
+def ingest_command(
+    database_url: DatabaseOption = None,
+    worker: Annotated[str | None, typer.Option(help="Worker name; fixes the MQTT client id.")] = None,
+) -> None:
+    """Run one ingest worker until SIGTERM or Ctrl-C (settings from CURBWATCH_* variables)."""
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.ingest import IngestWorker
+
+    settings = _settings(database_url, worker_name=worker)
+    engine = make_engine(settings.database_url)
+    try:
+        IngestWorker(settings, make_session_factory(engine)).run_until_stopped()
+    finally:
+        engine.dispose()
+
+
+@devices_app.command("add")
+def devices_add(device_id: str, database_url: DatabaseOption = None) -> None:
+    """Register a device and print its HMAC key (hex) once: put it in the device's edge.yaml."""
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.devices import DeviceError, add_device
+
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            key_hex = add_device(session, device_id)
+    except DeviceError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    typer.echo(key_hex)
+
+
+@devices_app.command("list")
+def devices_list(database_url: DatabaseOption = None) -> None:
+    """List devices with their last status, heartbeat time and highest stored seq."""
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.devices import list_devices
+
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            for device in list_devices(session):
+                heartbeat = device.last_heartbeat_at.isoformat() if device.last_heartbeat_at else "-"
+                typer.echo(f"{device.id}\t{device.last_status or '-'}\t{heartbeat}\tseq={device.last_seq}")
+    finally:
+        engine.dispose()
+
+
+_standalone = typer.Typer(no_args_is_help=True)
+_standalone.add_typer(server_app, name="server")
+_standalone.add_typer(devices_app, name="devices")
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    _standalone()

@@ -1,0 +1,318 @@
+"""What the server does with one received MQTT message, inside the caller's transaction.
+
+The checks run in order of cost and trust: size, topic, JSON, known device, HMAC over the raw
+document, schema, identity, sequence replay, idempotent insert. A refusal becomes a
+``dead_letters`` row in the same transaction, so "stored", "duplicate" and "dead-lettered" all
+become durable at one commit, and only then are acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import case, select, update
+from sqlalchemy.orm import Session
+
+from curbwatch.schema.events import EventV1
+from curbwatch.schema.protocol import (
+    MAX_ENVELOPE_BYTES,
+    MAX_EVIDENCE_BYTES,
+    AckItemV1,
+    AckStatus,
+    Channel,
+    EnvelopeV1,
+    HeartbeatV1,
+    StatusV1,
+    parse_topic,
+    verify,
+)
+from curbwatch.server.devices import record_heartbeat, record_status
+from curbwatch.server.evidence import EvidenceHashError, EvidenceStore, EvidenceStoreError
+from curbwatch.server.tables import DEAD_LETTER_PAYLOAD_CAP, DeadLetter, Device, Event, Evidence
+
+logger = logging.getLogger(__name__)
+
+TOPIC_CAP = 255
+
+
+class RejectReason(StrEnum):
+    """Why a message was dead-lettered (the ``dead_letters.reason`` column)."""
+
+    TOO_LARGE = "too_large"
+    BAD_TOPIC = "bad_topic"
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_DEVICE = "unknown_device"
+    BAD_SIGNATURE = "bad_signature"
+    SCHEMA = "schema"
+    ID_MISMATCH = "id_mismatch"  # topic, envelope and event disagree on device or id
+    REPLAYED_SEQ = "replayed_seq"
+    EVENT_ID_CONFLICT = "event_id_conflict"  # known event_id under another device or seq
+    HASH_MISMATCH = "hash_mismatch"
+    INTERNAL_ERROR = "internal_error"  # the database refused it repeatedly; kept for a human
+
+
+class Result(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    RECORDED = "recorded"  # status and heartbeat: stored, never acknowledged
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """One message as it came off the broker."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a message; ``ack`` goes to ``device_id``'s ack topic after the commit."""
+
+    result: Result
+    device_id: str | None
+    ack: AckItemV1 | None = None
+    reason: RejectReason | None = None
+
+    @property
+    def counter_key(self) -> str:
+        return self.reason.value if self.reason else self.result.value
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: RejectReason, detail: str, ack: tuple[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.ack = reason, detail, ack
+
+
+@dataclass
+class DeviceUpdates:
+    """Device-row writes of one transaction, applied last and in id order.
+
+    Two workers that touched the same devices in different orders could deadlock on PostgreSQL
+    row locks; one ordered pass at the end of the transaction cannot.
+    """
+
+    last_seq: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, session: Session) -> None:
+        for device_id in sorted(self.last_seq):
+            seq = self.last_seq[device_id]
+            session.execute(
+                update(Device)
+                .where(Device.id == device_id)
+                .values(last_seq=case((Device.last_seq < seq, seq), else_=Device.last_seq))
+            )
+
+
+class MessageHandler:
+    """Checks and stores one message; the caller owns the transaction.
+
+    Args:
+        store: Where evidence bytes go; written before the caller commits.
+        max_payload_bytes: Messages above this are refused unread (events also obey
+            ``MAX_ENVELOPE_BYTES`` and evidence ``MAX_EVIDENCE_BYTES``).
+    """
+
+    def __init__(self, store: EvidenceStore, *, max_payload_bytes: int) -> None:
+        self.store = store
+        self.max_payload_bytes = max_payload_bytes
+
+    def handle(self, session: Session, message: ReceivedMessage, updates: DeviceUpdates) -> Outcome:
+        """Store or dead-letter ``message`` in ``session``; never raises for a bad message."""
+        device_id: str | None = None
+        try:
+            if len(message.payload) > self.max_payload_bytes:
+                raise _Rejected(RejectReason.TOO_LARGE, f"{len(message.payload)} bytes")
+            try:
+                device_id, channel, sha256 = parse_topic(message.topic)
+            except ValueError as exc:
+                raise _Rejected(RejectReason.BAD_TOPIC, str(exc)) from None
+            if channel is Channel.EVENT:
+                return self._event(session, device_id, message, updates)
+            if channel is Channel.EVIDENCE:
+                return self._evidence(session, device_id, sha256 or "", message)
+            return self._health(session, device_id, channel, message)
+        except _Rejected as rejected:
+            return self._dead_letter(session, device_id, message, rejected)
+
+    def dead_letter(
+        self, session: Session, message: ReceivedMessage, reason: RejectReason, detail: str
+    ) -> Outcome:
+        """Dead-letter a message the caller could not store (no ack: the cause is not the device's)."""
+        try:
+            device_id: str | None = parse_topic(message.topic)[0]
+        except ValueError:
+            device_id = None
+        return self._dead_letter(session, device_id, message, _Rejected(reason, detail))
+
+    def _dead_letter(
+        self, session: Session, device_id: str | None, message: ReceivedMessage, rejected: _Rejected
+    ) -> Outcome:
+        session.add(
+            DeadLetter(
+                received_at=message.received_at,
+                topic=message.topic[:TOPIC_CAP],
+                device_id=device_id[:64] if device_id else None,
+                reason=rejected.reason.value,
+                detail=rejected.detail[:2000],
+                payload_size=len(message.payload),
+                payload=bytes(message.payload[:DEAD_LETTER_PAYLOAD_CAP]),
+            )
+        )
+        logger.info("dead-lettered %s: %s (%s)", message.topic[:TOPIC_CAP], rejected.reason, rejected.detail)
+        ack = None
+        if rejected.ack is not None:
+            kind, item_id = rejected.ack
+            ack = AckItemV1(kind=kind, id=item_id, status=AckStatus.REJECTED, reason=rejected.reason.value)
+        return Outcome(Result.REJECTED, device_id, ack, rejected.reason)
+
+    def _known_device(self, session: Session, device_id: str) -> Device:
+        # session.get hits the identity map after the first message of a device in a batch.
+        device = session.get(Device, device_id)
+        if device is None:
+            raise _Rejected(RejectReason.UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
+        return device
+
+    def _event(
+        self, session: Session, device_id: str, message: ReceivedMessage, updates: DeviceUpdates
+    ) -> Outcome:
+        if len(message.payload) > MAX_ENVELOPE_BYTES:
+            raise _Rejected(RejectReason.TOO_LARGE, f"event of {len(message.payload)} bytes")
+        raw = _json_object(message.payload)
+        device = self._known_device(session, device_id)
+        # The signature covers the bytes the device signed: check it before any parsing can
+        # normalise them. An unauthenticated message gets no ack: it must not make a device drop
+        # anything from its outbox.
+        if not verify(raw, bytes.fromhex(device.hmac_key)):
+            raise _Rejected(RejectReason.BAD_SIGNATURE, "HMAC does not match the device key")
+        message_id = raw.get("message_id")
+        ack = ("event", message_id) if isinstance(message_id, str) and message_id else None
+        try:
+            envelope = EnvelopeV1.model_validate(raw)
+            event = EventV1.model_validate(envelope.payload)
+        except ValidationError as exc:
+            raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
+        if not envelope.device_id == event.device_id == device_id or event.event_id != envelope.message_id:
+            raise _Rejected(RejectReason.ID_MISMATCH, "topic, envelope and event disagree", ack)
+        return self._insert_event(session, envelope, event, message, updates)
+
+    def _insert_event(
+        self,
+        session: Session,
+        envelope: EnvelopeV1,
+        event: EventV1,
+        message: ReceivedMessage,
+        updates: DeviceUpdates,
+    ) -> Outcome:
+        ack = ("event", event.event_id)
+        existing = session.get(Event, event.event_id)
+        if existing is not None:
+            if (existing.device_id, existing.seq) != (envelope.device_id, envelope.seq):
+                raise _Rejected(RejectReason.EVENT_ID_CONFLICT, f"stored with seq {existing.seq}", ack)
+            item = AckItemV1(kind="event", id=event.event_id, status=AckStatus.DUPLICATE)
+            return Outcome(Result.DUPLICATE, envelope.device_id, item)
+        clash = session.scalar(
+            select(Event.event_id).where(Event.device_id == envelope.device_id, Event.seq == envelope.seq)
+        )
+        if clash is not None:
+            raise _Rejected(RejectReason.REPLAYED_SEQ, f"seq {envelope.seq} is event {clash}", ack)
+        session.add(
+            Event(
+                event_id=event.event_id,
+                device_id=envelope.device_id,
+                seq=envelope.seq,
+                episode_id=event.episode_id,
+                type=event.type.value,
+                rule=event.rule.value,
+                violation=event.violation.value,
+                event_code=event.event_code,
+                camera=event.camera_id,
+                zone=event.zone,
+                ts=event.ts,
+                received_at=message.received_at,
+                document=envelope.payload,
+            )
+        )
+        # Flush now so a second copy later in the same batch finds this row.
+        session.flush()
+        updates.last_seq[envelope.device_id] = max(updates.last_seq.get(envelope.device_id, 0), envelope.seq)
+        item = AckItemV1(kind="event", id=event.event_id, status=AckStatus.STORED)
+        return Outcome(Result.STORED, envelope.device_id, item)
+
+    def _evidence(self, session: Session, device_id: str, sha256: str, message: ReceivedMessage) -> Outcome:
+        if len(message.payload) > MAX_EVIDENCE_BYTES:
+            raise _Rejected(RejectReason.TOO_LARGE, f"evidence of {len(message.payload)} bytes")
+        try:
+            self.store.relative_path(sha256)
+        except EvidenceStoreError as exc:
+            raise _Rejected(RejectReason.BAD_TOPIC, str(exc)) from None
+        self._known_device(session, device_id)
+        ack = ("evidence", sha256)
+        if session.get(Evidence, sha256) is not None:
+            item = AckItemV1(kind="evidence", id=sha256, status=AckStatus.DUPLICATE)
+            return Outcome(Result.DUPLICATE, device_id, item)
+        try:
+            path = self.store.put(sha256, bytes(message.payload))
+        except EvidenceHashError as exc:
+            raise _Rejected(RejectReason.HASH_MISMATCH, str(exc), ack) from None
+        session.add(
+            Evidence(
+                sha256=sha256,
+                device_id=device_id,
+                size_bytes=len(message.payload),
+                path=path,
+                received_at=message.received_at,
+            )
+        )
+        session.flush()
+        return Outcome(
+            Result.STORED, device_id, AckItemV1(kind="evidence", id=sha256, status=AckStatus.STORED)
+        )
+
+    def _health(
+        self, session: Session, device_id: str, channel: Channel, message: ReceivedMessage
+    ) -> Outcome:
+        if channel not in (Channel.STATUS, Channel.HEARTBEAT):
+            raise _Rejected(RejectReason.BAD_TOPIC, f"channel {channel.value} is not ingested")
+        raw = _json_object(message.payload)
+        self._known_device(session, device_id)
+        try:
+            if channel is Channel.STATUS:
+                status = StatusV1.model_validate(raw)
+                _same_device(status.device_id, device_id)
+                record_status(session, status, received_at=message.received_at)
+            else:
+                heartbeat = HeartbeatV1.model_validate(raw)
+                _same_device(heartbeat.device_id, device_id)
+                record_heartbeat(session, heartbeat, received_at=message.received_at)
+        except ValidationError as exc:
+            raise _Rejected(RejectReason.SCHEMA, _errors(exc)) from None
+        return Outcome(Result.RECORDED, device_id)
+
+
+def _json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        raw = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Rejected(RejectReason.MALFORMED_JSON, str(exc)[:200]) from None
+    if not isinstance(raw, dict):
+        raise _Rejected(RejectReason.SCHEMA, f"expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _same_device(claimed: str, topic_device: str) -> None:
+    if claimed != topic_device:
+        raise _Rejected(RejectReason.ID_MISMATCH, f"document names {claimed!r}, topic {topic_device!r}")
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])

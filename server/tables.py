@@ -1,0 +1,110 @@
+"""SQLAlchemy 2 ORM tables of the server.
+
+Every table is created by the Alembic migrations in ``server/migrations``; ``Base.metadata`` is
+there for the migrations' autogenerate check and for tests, not to create tables at run time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Every constraint gets a predictable name so later migrations can drop or alter it on any backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DEAD_LETTER_PAYLOAD_CAP = 4096  # bytes of a rejected message kept for diagnosis
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Device(Base):
+    """An edge box allowed to send events, with its HMAC key and last known health."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hmac_key: Mapped[str] = mapped_column(String(64), doc="Hex of the 32-byte HMAC-SHA256 key.")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[str | None] = mapped_column(String(16))
+    last_status_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_heartbeat: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, doc="Highest envelope seq stored.")
+
+
+class Event(Base):
+    """One stored violation event; ``event_id`` makes redelivery idempotent."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq"),
+        Index("ix_events_ts", "ts"),
+        Index("ix_events_episode_id", "episode_id"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    episode_id: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str] = mapped_column(String(32))
+    violation: Mapped[str] = mapped_column(String(48))
+    event_code: Mapped[str] = mapped_column(String(4))
+    camera: Mapped[str] = mapped_column(String(64))
+    zone: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    document: Mapped[dict[str, Any]] = mapped_column(JSON, doc="The curbwatch.event.v1 document as received.")
+
+
+class Evidence(Base):
+    """An evidence image; the bytes live in the evidence store under their sha256."""
+
+    __tablename__ = "evidence"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(255), doc="Relative to the evidence store root.")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetter(Base):
+    """A message the server refused, with why; the count per reason is the rejection counter."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_reason", "reason"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    topic: Mapped[str] = mapped_column(String(255))
+    device_id: Mapped[str | None] = mapped_column(String(64), doc="From the topic; not necessarily known.")
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    payload_size: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary, doc=f"First {DEAD_LETTER_PAYLOAD_CAP} bytes.")
