@@ -166,7 +166,7 @@ class StreamsResult:
     inferred_share: float
     lag_p50_s: float
     lag_p95_last_s: float
-    lag_growth_s: float  # median lag of the last quarter minus the first quarter
+    lag_growth_s: float  # median lag of the last quarter minus the second (after warm-up)
 
     @property
     def sustained(self) -> bool:
@@ -203,7 +203,9 @@ def run_streams(model: Path, video: Path, streams: int, seconds: float) -> Strea
     for thread in threads:
         thread.join()
     everything = sorted(lag for per in lags for _, lag in per)
-    first = [lag for per in lags for t, lag in per if t < seconds / 4]
+    # The first quarter holds the warm-up, when every camera infers every frame at once; whether
+    # lag keeps growing is judged on the second quarter against the last.
+    second = [lag for per in lags for t, lag in per if seconds / 4 <= t < seconds / 2]
     last = [lag for per in lags for t, lag in per if t >= seconds * 3 / 4]
     return StreamsResult(
         streams,
@@ -211,7 +213,7 @@ def run_streams(model: Path, video: Path, streams: int, seconds: float) -> Strea
         statistics.mean(shares),
         everything[len(everything) // 2],
         float(np.percentile(last, 95)),
-        statistics.median(last) - statistics.median(first),
+        statistics.median(last) - statistics.median(second),
     )
 
 
@@ -239,7 +241,7 @@ def main() -> None:
     args = parser.parse_args()
     model = default_model_path()
     BUILD.mkdir(parents=True, exist_ok=True)
-    traffic = transcode_traffic(BUILD / "traffic-720p5.mp4", args.seconds + 5)
+    traffic = transcode_traffic(BUILD / f"traffic-720p5-{args.seconds + 5:.0f}s.mp4", args.seconds + 5)
     street = rendered("frigate-cctv/ground-plane.jpg", "street", args.seconds + 5, passers_by=True)
 
     overhead = [measure_overhead(model, traffic, threads) for threads in (2, 1)]
@@ -305,7 +307,7 @@ def write_report(
         "",
         "Each stream decodes its own 720p H.264/MPEG-4 file paced at 5 fps and runs the whole pipeline; all share "
         "one detector (1 intra-op thread per call, calls run concurrently). Lag = time a frame finished minus the "
-        "time it was due. Sustained: p95 lag of the last quarter < 1 s and median lag growing < 0.5 s.",
+        "time it was due. Sustained: p95 lag of the last quarter < 1 s and its median lag no more than 0.5 s above the second quarter's (the first quarter holds the 5 s warm-up, when every camera infers every frame at once).",
         "",
         "| scene | streams | inferred share | lag p50 | lag p95 (last quarter) | lag growth | sustained |",
         "|---|---|---|---|---|---|---|",
