@@ -378,7 +378,7 @@ class Publisher:
     def _send(self) -> None:
         if self._reconnected.is_set():
             self._reconnected.clear()
-            self._window.reset()
+            pass  # MUTANT
             self._send_stored_heartbeat()
         for item in self._window.expired(time.monotonic(), self._config.ack_timeout_s):
             if not self._publish(item):

@@ -103,9 +103,13 @@ class EnvelopeV1(_Wire):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     seq: int = Field(ge=1)
     message_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="The event's event_id.")
-    sent_at: str = Field(description="ISO 8601 with offset, kept as text so the signed bytes survive parsing.")
+    sent_at: str = Field(
+        description="ISO 8601 with offset, kept as text so the signed bytes survive parsing."
+    )
     payload: dict[str, Any]
-    sig: str = Field(pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 of the canonical envelope without sig.")
+    sig: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 of the canonical envelope without sig."
+    )
 
     @field_validator("sent_at")
     @classmethod
@@ -120,7 +124,14 @@ class EnvelopeV1(_Wire):
 
     @classmethod
     def signed(
-        cls, *, device_id: str, seq: int, message_id: str, sent_at: datetime, payload: dict[str, Any], key: bytes
+        cls,
+        *,
+        device_id: str,
+        seq: int,
+        message_id: str,
+        sent_at: datetime,
+        payload: dict[str, Any],
+        key: bytes,
     ) -> EnvelopeV1:
         body = {
             "schema": "curbwatch.envelope.v1",
@@ -211,7 +222,9 @@ class DesiredConfigV1(_Wire):
 class ReportedConfigV1(_Wire):
     """Edge -> server, retained: what the device applied, or why it refused."""
 
-    schema_: Literal["curbwatch.config-report.v1"] = Field(default="curbwatch.config-report.v1", alias="schema")
+    schema_: Literal["curbwatch.config-report.v1"] = Field(
+        default="curbwatch.config-report.v1", alias="schema"
+    )
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     applied_version: str | None
     rejected_version: str | None = None
@@ -230,7 +243,9 @@ class CommandV1(_Wire):
 
 
 class CommandResultV1(_Wire):
-    schema_: Literal["curbwatch.command-result.v1"] = Field(default="curbwatch.command-result.v1", alias="schema")
+    schema_: Literal["curbwatch.command-result.v1"] = Field(
+        default="curbwatch.command-result.v1", alias="schema"
+    )
     correlation_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     ok: bool
     result: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,165 @@
+"""IngestWorker against a private Mosquitto, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from curbwatch.schema.protocol import AckStatus, Channel, sign
+from curbwatch.server.ingest import IngestWorker
+from curbwatch.server.settings import ServerSettings, get_settings
+from curbwatch.server.tables import DeadLetter, Event
+from tests.server.conftest import PrivateBroker, register
+from tests.server.factories import envelope, jpeg_like
+from tests.server.fake_device import FakeDevice
+
+
+def worker_settings(
+    broker: PrivateBroker, database_url: str, tmp_path: Path, group: str, name: str
+) -> ServerSettings:
+    return get_settings(
+        database_url=database_url,
+        evidence_dir=tmp_path / "evidence",
+        mqtt_port=broker.port,
+        share_group=group,
+        worker_name=f"{group}-{name}",
+        session_expiry_s=60,
+        max_payload_bytes=16 * 1024 * 1024,
+    )
+
+
+@pytest.fixture
+def start_worker(
+    broker: PrivateBroker, database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> Iterator:
+    group = f"g{uuid.uuid4().hex[:8]}"
+    workers: list[IngestWorker] = []
+
+    def start(name: str = "a") -> IngestWorker:
+        worker = IngestWorker(worker_settings(broker, database_url, tmp_path, group, name), session_factory)
+        workers.append(worker)
+        worker.start()
+        assert worker.wait_subscribed(10), "worker did not subscribe"
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def device(
+    broker: PrivateBroker, session_factory: sessionmaker[Session]
+) -> Iterator[tuple[FakeDevice, bytes]]:
+    device_id, key = register(session_factory)
+    fake = FakeDevice(device_id, broker.port)
+    yield fake, key
+    fake.close()
+
+
+def stored_count(session_factory: sessionmaker[Session], device_id: str) -> int:
+    with session_factory() as session:
+        return (
+            session.scalar(select(func.count()).select_from(Event).where(Event.device_id == device_id)) or 0
+        )
+
+
+def test_events_stored_once_and_replay_acked_duplicate(
+    start_worker, device: tuple[FakeDevice, bytes], session_factory: sessionmaker[Session]
+) -> None:
+    worker = start_worker()
+    fake, key = device
+    envelopes = [envelope(fake.device_id, key, seq) for seq in range(1, 201)]
+    ids = {e.message_id for e in envelopes}
+    for _ in range(2):  # the second round is the edge replaying its whole outbox
+        for item in envelopes:
+            fake.publish(Channel.EVENT, item.to_bytes())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(len(fake.acks[i]) for i in ids) < 400:
+        time.sleep(0.05)
+
+    assert stored_count(session_factory, fake.device_id) == 200
+    assert all(sorted(fake.acks[i]) == [AckStatus.DUPLICATE, AckStatus.STORED] for i in ids)
+    assert (worker.counters["stored"], worker.counters["duplicate"]) == (200, 200)
+
+
+def test_bad_inputs_are_refused_counted_and_ingest_keeps_running(
+    start_worker, device: tuple[FakeDevice, bytes], session_factory: sessionmaker[Session]
+) -> None:
+    worker = start_worker()
+    fake, key = device
+    good = [envelope(fake.device_id, key, seq) for seq in (1, 2, 3)]
+    forged = envelope(fake.device_id, b"not the key".ljust(32), 4)
+    replay = envelope(fake.device_id, key, 2)  # seq 2 again, different event
+    sha, data = jpeg_like(seed=7)
+    fake.publish(Channel.EVENT, good[0].to_bytes())
+    fake.publish(Channel.EVENT, b'{"schema": "curbwatch.envelope.v1", "seq": ')
+    fake.publish(Channel.EVENT, good[1].to_bytes())
+    wrong_schema = {**good[2].wire_dict(), "seq": "three", "message_id": uuid.uuid4().hex}
+    wrong_schema["sig"] = sign(wrong_schema, key)  # signed fine, but seq is not a number
+    fake.publish(Channel.EVENT, json.dumps(wrong_schema).encode())
+    fake.publish(Channel.EVENT, b"x" * (10 * 1024 * 1024))
+    fake.publish(Channel.EVENT, forged.to_bytes())
+    fake.publish(Channel.EVENT, replay.to_bytes())
+    fake.publish(Channel.EVIDENCE, data[:-1] + b"!", sha)
+    stranger = FakeDevice("edge-unknown-" + uuid.uuid4().hex[:6], fake.port)
+    stranger.publish(Channel.EVENT, envelope(stranger.device_id, key, 1).to_bytes())
+    fake.publish(Channel.EVENT, good[2].to_bytes())  # the valid one after all that still goes in
+
+    assert (
+        fake.wait_acks({good[2].message_id, replay.message_id, sha, wrong_schema["message_id"]}, 20) == set()
+    )
+    expected = {
+        "malformed_json": 1,
+        "schema": 1,
+        "bad_signature": 1,
+        "too_large": 1,
+        "replayed_seq": 1,
+        "hash_mismatch": 1,
+        "unknown_device": 1,
+    }
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and worker.counters["unknown_device"] < 1:
+        time.sleep(0.05)
+    stranger.close()
+    assert {reason: worker.counters[reason] for reason in expected} == expected
+    assert worker.counters["stored"] == 3
+    assert fake.acks[replay.message_id] == [AckStatus.REJECTED]
+    assert fake.reasons[wrong_schema["message_id"]] == "schema"
+    assert fake.reasons[sha] == "hash_mismatch"
+    assert forged.message_id not in fake.acks  # unauthenticated: no ack
+    with session_factory() as session:
+        rows = session.execute(
+            select(DeadLetter.reason, func.count())
+            .where(DeadLetter.device_id.in_([fake.device_id, stranger.device_id]))
+            .group_by(DeadLetter.reason)
+        ).all()
+    assert dict(rows) == expected
+    assert stored_count(session_factory, fake.device_id) == 3
+
+
+def fake_port(fake: FakeDevice) -> int:
+    return fake._client.port
+
+
+def test_two_workers_split_a_shared_subscription(
+    start_worker, device: tuple[FakeDevice, bytes], session_factory: sessionmaker[Session]
+) -> None:
+    workers = [start_worker("a"), start_worker("b")]
+    fake, key = device
+    envelopes = [envelope(fake.device_id, key, seq) for seq in range(1, 1001)]
+    for item in envelopes:
+        fake.publish(Channel.EVENT, item.to_bytes())
+    assert fake.wait_acks({e.message_id for e in envelopes}, 60) == set()
+
+    assert stored_count(session_factory, fake.device_id) == 1000
+    shares = [w.counters["stored"] + w.counters["duplicate"] for w in workers]
+    assert sum(w.counters["stored"] for w in workers) == 1000
+    assert min(shares) > 0, f"one worker got nothing: {shares}"
