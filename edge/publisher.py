@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from curbwatch.edge.delivery import InFlightWindow, RateLimiter
 from curbwatch.edge.outbox import ItemKind, Outbox, OutboxItem
 from curbwatch.schema.protocol import (
     DEVICE_ID_PATTERN,
@@ -145,63 +146,6 @@ class PublisherStats:
     connects: int = 0
 
 
-class _Window:
-    """The messages sent and not yet acknowledged, and the last outbox row sent."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[int, tuple[OutboxItem, float]] = {}
-        self.cursor = 0
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def add(self, item: OutboxItem, now: float) -> None:
-        with self._lock:
-            self._items[item.id] = (item, now)
-            self.cursor = max(self.cursor, item.id)
-
-    def remove(self, kind: str, ref: str) -> None:
-        with self._lock:
-            for id_ in [i for i, (it, _) in self._items.items() if it.kind == kind and it.ref == ref]:
-                del self._items[id_]
-
-    def reset(self) -> None:
-        """Forget everything: after a reconnect all unacknowledged rows are sent again from the start."""
-        with self._lock:
-            self._items.clear()
-            self.cursor = 0
-
-    def expired(self, now: float, timeout_s: float) -> list[OutboxItem]:
-        """Items older than the timeout, oldest row first, with their clocks restarted."""
-        with self._lock:
-            due = sorted(i for i, (_, sent) in self._items.items() if now - sent >= timeout_s)
-            for id_ in due:
-                self._items[id_] = (self._items[id_][0], now)
-            return [self._items[id_][0] for id_ in due]
-
-
-class _RateLimiter:
-    """Token bucket: ``rate`` per second, bursts of up to ``burst``."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate, self._burst = rate, max(1.0, burst)
-        self._tokens, self._last = self._burst, time.monotonic()
-
-    def acquire(self, stop: threading.Event) -> bool:
-        """Wait for a token; False when ``stop`` is set meanwhile."""
-        while not stop.is_set():
-            now = time.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-            self._last = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return True
-            stop.wait((1 - self._tokens) / self._rate)
-        return False
-
-
 def _client(config: PublisherConfig) -> mqtt.Client:
     v5 = config.protocol == "5"
     client = mqtt.Client(
@@ -258,8 +202,8 @@ class Publisher:
         self._outbox = outbox
         self._metrics = metrics_provider or DeviceMetrics
         self.stats = PublisherStats()
-        self._window = _Window()
-        self._rate = _RateLimiter(config.rate_limit_msgs_s, burst=config.max_in_flight)
+        self._window = InFlightWindow()
+        self._rate = RateLimiter(config.rate_limit_msgs_s, burst=config.max_in_flight)
         self._connected = threading.Event()
         self._reconnected = threading.Event()
         self._stopping = threading.Event()
@@ -270,6 +214,7 @@ class Publisher:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._v5 = config.protocol == "5"
+        self._handlers: dict[str, tuple[Callable[[str, bytes], None], int]] = {}
 
     @property
     def connected(self) -> bool:
@@ -309,6 +254,19 @@ class Publisher:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None], qos: int = 1) -> None:
+        """Also deliver ``topic_filter`` (e.g. desired config) to ``handler(topic, payload)``.
+
+        The subscription is renewed on every connect; the handler runs on paho's thread.
+        """
+        self._handlers[topic_filter] = (handler, qos)
+        if self._connected.is_set():
+            self._client.subscribe(topic_filter, qos=qos)
+
+    def publish(self, topic_name: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish outside the outbox (reported config, command results): not durable, not acked."""
+        self._client.publish(topic_name, payload, qos=qos, retain=retain)
+
     def flush(self, timeout_s: float) -> bool:
         """Wait until the server has acknowledged everything queued; False on timeout."""
         deadline = time.monotonic() + timeout_s
@@ -328,6 +286,8 @@ class Publisher:
         logger.info("connected to %s:%d", self._config.host, self._config.port)
         client.publish(self._status_topic, self._status(DeviceState.ONLINE), qos=1, retain=True)
         client.subscribe(topic(self._config.device_id, Channel.ACK), qos=1)
+        for topic_filter, (_, qos) in list(self._handlers.items()):
+            client.subscribe(topic_filter, qos=qos)
         self._reconnected.set()
         self._connected.set()
         self._wake.set()
@@ -338,6 +298,9 @@ class Publisher:
             logger.warning("disconnected from the broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic != topic(self._config.device_id, Channel.ACK):
+            self._dispatch(message)
+            return
         try:
             ack = AckV1.model_validate_json(message.payload)
         except ValidationError as exc:
@@ -357,6 +320,14 @@ class Publisher:
             else:
                 self.stats.acked += 1
         self._wake.set()
+
+    def _dispatch(self, message: mqtt.MQTTMessage) -> None:
+        for topic_filter, (handler, _) in list(self._handlers.items()):
+            if mqtt.topic_matches_sub(topic_filter, message.topic):
+                try:
+                    handler(message.topic, message.payload)
+                except Exception:  # a handler's bug must not stop acks from being processed
+                    logger.exception("handler for %s failed", topic_filter)
 
     # -- sender thread --
 
@@ -378,7 +349,7 @@ class Publisher:
     def _send(self) -> None:
         if self._reconnected.is_set():
             self._reconnected.clear()
-            pass  # MUTANT
+            self._window.reset()
             self._send_stored_heartbeat()
         for item in self._window.expired(time.monotonic(), self._config.ack_timeout_s):
             if not self._publish(item):
