@@ -14,7 +14,8 @@ from curbwatch.edge.events import EventBuilder
 from curbwatch.edge.pipeline import PipelineParts
 from curbwatch.edge.replay import replay
 from curbwatch.edge.runner import CameraReport, EdgeRunner
-from curbwatch.edge.sinks import JsonLinesSink
+from curbwatch.edge.sinks import EventSink, JsonLinesSink, TeeSink
+from curbwatch.edge.uplink import Uplink
 from curbwatch.schema.detlog import open_detlog, read_detlog
 from curbwatch.schema.zones import load_zone_file
 
@@ -72,7 +73,14 @@ def run_edge(config: EdgeConfig) -> dict[str, CameraReport]:
         stream = sys.stdout
         if config.output.events != "-":
             stream = stack.enter_context(Path(config.output.events).open("a", encoding="utf-8"))
-        runner = EdgeRunner(config, JsonLinesSink(stream))
+        sinks: list[EventSink] = [JsonLinesSink(stream)]
+        uplink = Uplink(config.delivery, config.evidence.root) if config.delivery else None
+        if uplink is not None:
+            sinks.append(uplink.sink)
+            stack.callback(uplink.stop)
+        runner = EdgeRunner(config, TeeSink(sinks))
+        if uplink is not None:
+            uplink.start(runner)
         stop_signals = (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, lambda *_: runner.stop()) for sig in stop_signals}
         try:

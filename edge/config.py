@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from curbwatch.edge.detect.batching import BatchingConfig
 from curbwatch.edge.detect.motion import GateConfig
 from curbwatch.edge.detect.onnx import DetectorConfig
 from curbwatch.edge.evidence import EvidenceConfig
+from curbwatch.edge.outbox import OutboxConfig
+from curbwatch.edge.publisher import PublisherConfig
 from curbwatch.edge.rules.bins import BinRuleConfig
 from curbwatch.edge.rules.config import RulesConfig
 from curbwatch.edge.sources import SourceConfig
@@ -68,6 +70,25 @@ class OutputConfig(_Strict):
         return str(resolved) if resolved is not None else value
 
 
+class DeliveryConfig(BaseModel):
+    """Event delivery to the server over MQTT (``edge.yaml`` section ``delivery``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    outbox_path: Path = Field(
+        default=Path("outbox.sqlite"), title="Outbox file", description="SQLite file of undelivered messages."
+    )
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, title="Outbox", description="Disk cap.")
+    mqtt: PublisherConfig = Field(title="MQTT", description="Broker, credentials, device key, pacing.")
+    flush_on_stop_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        title="Flush on stop (s)",
+        description="How long a shutdown waits for the outbox to drain; what is left is sent next start.",
+    )
+
+
 class EdgeConfig(_Strict):
     """Everything one edge box runs."""
 
@@ -92,7 +113,21 @@ class EdgeConfig(_Strict):
     )
     evidence: EvidenceConfig = Field(title="Evidence", description="Where evidence images are stored.")
     output: OutputConfig = Field(default_factory=OutputConfig, title="Output")
+    delivery: DeliveryConfig | None = Field(
+        default=None,
+        title="Delivery",
+        description="Send events to the server over MQTT; None keeps them local.",
+    )
     cameras: list[CameraConfig] = Field(min_length=1, title="Cameras")
+
+    @model_validator(mode="after")
+    def verify_delivery_device(self) -> EdgeConfig:
+        mqtt_device = self.delivery.mqtt.device_id if self.delivery else self.device_id
+        if mqtt_device != self.device_id:
+            raise ValueError(
+                f"delivery.mqtt.device_id {mqtt_device!r} differs from device_id {self.device_id!r}"
+            )
+        return self
 
     @field_validator("cameras")
     @classmethod
@@ -122,6 +157,9 @@ def _resolve_stage_paths(config: EdgeConfig, base_dir: Path) -> EdgeConfig:
         return path if path.is_absolute() else base_dir / path
 
     detector = config.detector.model_copy(update={"model_path": anchored(config.detector.model_path)})
+    delivery = config.delivery
+    if delivery is not None:
+        delivery = delivery.model_copy(update={"outbox_path": anchored(delivery.outbox_path)})
     evidence = config.evidence.model_copy(update={"root": anchored(config.evidence.root)})
     cameras = [
         camera.model_copy(
@@ -131,7 +169,9 @@ def _resolve_stage_paths(config: EdgeConfig, base_dir: Path) -> EdgeConfig:
         )
         for camera in config.cameras
     ]
-    return config.model_copy(update={"detector": detector, "evidence": evidence, "cameras": cameras})
+    return config.model_copy(
+        update={"detector": detector, "evidence": evidence, "cameras": cameras, "delivery": delivery}
+    )
 
 
 def _anchor_url(url: str, base_dir: Path) -> str:

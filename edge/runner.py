@@ -77,11 +77,17 @@ class EdgeRunner:
         self._evidence = EvidenceWriter(config.evidence)
         self._stop = threading.Event()
         self._pipelines: dict[str, CameraPipeline] = {}
+        self.reports = {camera.id: CameraReport(camera.id) for camera in config.cameras if camera.enabled}
         self._zone_overrides: dict[str, ZoneFile] = {}  # remote zone files, also for cameras not yet started
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self._detector.class_names
+
+    @property
+    def model_version(self) -> str:
+        card = self._detector.card
+        return f"{card.name}@{card.version}"
 
     @property
     def camera_ids(self) -> tuple[str, ...]:
@@ -104,7 +110,7 @@ class EdgeRunner:
 
     def run(self) -> dict[str, CameraReport]:
         cameras = [camera for camera in self._config.cameras if camera.enabled]
-        reports = {camera.id: CameraReport(camera.id) for camera in cameras}
+        reports = self.reports
         threads = [
             threading.Thread(
                 target=self._run_camera, args=(camera, reports[camera.id]), name=f"camera-{camera.id}"

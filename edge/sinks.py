@@ -37,6 +37,17 @@ class JsonLinesSink:
             self._stream.flush()
 
 
+class TeeSink:
+    """Hands every event to several sinks (a JSON-lines log and the outbox, say)."""
+
+    def __init__(self, sinks: list[EventSink]) -> None:
+        self._sinks = sinks
+
+    def emit(self, event: EventV1) -> None:
+        for sink in self._sinks:
+            sink.emit(event)
+
+
 class ListSink:
     """Keeps events in memory (tests, benchmarks)."""
 

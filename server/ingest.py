@@ -11,6 +11,7 @@ Run one with ``python -m curbwatch.server.ingest`` (settings from ``CURBWATCH_*`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 INGESTED_CHANNELS = (Channel.EVENT, Channel.EVIDENCE, Channel.STATUS, Channel.HEARTBEAT)
 ACK_ITEMS_PER_MESSAGE = 200  # keeps an AckV1 far below the broker's packet limit
+ACK_PUBLISH_TIMEOUT_S = 10.0
+ACK_INFLIGHT = 100
 MAX_STORE_ATTEMPTS = 5  # for a message the database refuses (not: database unreachable)
 
 
@@ -106,6 +109,7 @@ class IngestWorker:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(ACK_INFLIGHT)  # acks of a whole batch go out at once
         return client
 
     def start(self) -> None:
@@ -278,11 +282,22 @@ class IngestWorker:
             self.counters[outcome.counter_key] += 1
             if outcome.ack is not None and outcome.device_id is not None:
                 acks.setdefault(outcome.device_id, []).append(outcome.ack)
+        published = []
         for device_id, items in acks.items():
             for start in range(0, len(items), ACK_ITEMS_PER_MESSAGE):
                 ack = AckV1(items=items[start : start + ACK_ITEMS_PER_MESSAGE])
                 payload = ack.model_dump_json(by_alias=True, exclude_none=True)
-                self._client.publish(topic(device_id, Channel.ACK), payload, qos=1)
+                published.append(self._client.publish(topic(device_id, Channel.ACK), payload, qos=1))
+        # PUBACK only once the broker has our AckV1s: were we to die with the acks still in paho's
+        # memory but the PUBACKs sent, nothing would ever tell the device its events are stored.
+        for info in published:
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(ACK_PUBLISH_TIMEOUT_S)
+            if not info.is_published():
+                logger.warning(
+                    "AckV1 not confirmed by the broker; leaving %s messages to redelivery", len(batch)
+                )
+                return
         generation = self._generation
         for item in batch:
             if item.qos > 0 and item.generation == generation:

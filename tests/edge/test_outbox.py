@@ -307,6 +307,8 @@ def test_every_committed_event_survives_sigkill(tmp_path: Path) -> None:
     finally:
         child.kill()  # SIGKILL, mid-put
         child.wait(timeout=10)
+    assert child.stdout is not None
+    committed += child.stdout.read().split()  # printed before the kill, not yet read
     assert len(committed) >= 300, "the child did not write"
     with open_outbox(path) as outbox:
         items = outbox.lease(100_000)

@@ -1,0 +1,95 @@
+"""The edge box's link to the server: durable outbox, MQTT publisher and remote configuration.
+
+Events go into the outbox (SQLite, WAL) as they are produced; the publisher sends them and
+deletes them only when the server acknowledges its commit. The retained desired configuration
+is validated and applied to the running cameras, and what was applied is reported back.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from curbwatch.edge.config import DeliveryConfig
+from curbwatch.edge.outbox import Outbox, OutboxSink
+from curbwatch.edge.publisher import DeviceMetrics, Publisher
+from curbwatch.edge.remote_config import RemoteConfig
+from curbwatch.edge.runner import EdgeRunner
+from curbwatch.schema.protocol import CameraMetricsV1, Channel, topic
+
+logger = logging.getLogger(__name__)
+
+
+class Uplink:
+    """Owns the outbox, the publisher and the remote-config subscription of one edge box.
+
+    Args:
+        config: The delivery section.
+        evidence_root: Where the evidence images the events reference are stored.
+
+    Example:
+        >>> uplink = Uplink(config.delivery, config.evidence.root)
+        >>> runner = EdgeRunner(config, uplink.sink)
+        >>> uplink.start(runner)
+        >>> runner.run()
+        >>> uplink.stop()
+    """
+
+    def __init__(self, config: DeliveryConfig, evidence_root: Path) -> None:
+        self._config = config
+        mqtt = config.mqtt
+        key = mqtt.key_bytes()
+        self.outbox = Outbox(config.outbox_path, config.outbox, device_id=mqtt.device_id, key=key)
+        self.sink = OutboxSink(self.outbox, evidence_root)
+        self.publisher = Publisher(mqtt, self.outbox, metrics_provider=self._metrics)
+        self._runner: EdgeRunner | None = None
+        self.remote: RemoteConfig | None = None
+
+    def start(self, runner: EdgeRunner) -> None:
+        """Connect, and apply desired configurations to ``runner``'s cameras from now on."""
+        mqtt = self._config.mqtt
+        self._runner = runner
+        self.remote = RemoteConfig(runner, mqtt.device_id, mqtt.key_bytes())
+        self.publisher.subscribe(topic(mqtt.device_id, Channel.CONFIG_DESIRED), self._on_desired_config)
+        self.publisher.start()
+
+    def stop(self) -> None:
+        """Give the outbox a moment to drain, then disconnect; the rest goes at the next start."""
+        if self._runner is not None:
+            if not self.publisher.flush(self._config.flush_on_stop_s):
+                logger.warning("%d messages stay in the outbox for the next start", self.outbox.depth())
+            self.publisher.stop()
+        self.outbox.close()
+
+    def _on_desired_config(self, _topic: str, payload: bytes) -> None:
+        assert self.remote is not None  # subscribed in start(), after remote is set
+        report = self.remote.apply(payload)
+        self.publisher.publish(
+            topic(self._config.mqtt.device_id, Channel.CONFIG_REPORTED),
+            report.model_dump_json(by_alias=True).encode(),
+            qos=1,
+            retain=True,
+        )
+
+    def _metrics(self) -> DeviceMetrics:
+        if self._runner is None:
+            return DeviceMetrics()
+        cameras = []
+        for report in self._runner.reports.values():
+            stats = report.stats
+            inference_ms = 1000.0 * stats.detect_s / stats.inferred_frames if stats.inferred_frames else 0.0
+            status = report.source_status
+            cameras.append(
+                CameraMetricsV1(
+                    camera_id=report.camera_id,
+                    state=status.state if status else report.outcome.value,
+                    fps=status.fps if status else 0.0,
+                    inferred_share=stats.inferred_share,
+                    inference_ms=round(inference_ms, 2),
+                )
+            )
+        return DeviceMetrics(
+            cameras=cameras,
+            model_version=self._runner.model_version,
+            config_version=self.remote.applied_version if self.remote else None,
+        )
