@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from curbwatch.schema.yamlio import ConfigError
+from curbwatch.server.cli import devices_app, server_app
 
 app = typer.Typer(no_args_is_help=True, help="curbwatch: street-violation detection from city cameras.")
 edge_app = typer.Typer(no_args_is_help=True, help="Run and check the edge runtime.")
@@ -22,6 +23,8 @@ schema_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of the wire an
 app.add_typer(edge_app, name="edge")
 app.add_typer(zones_app, name="zones")
 app.add_typer(schema_app, name="schema")
+app.add_typer(server_app, name="server")
+app.add_typer(devices_app, name="devices")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"
@@ -245,6 +248,31 @@ def demo(
     from curbwatch.edge.demo import run_demo
 
     run_demo(workdir, seconds)
+
+
+@app.command("broker")
+def broker(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 1883,
+) -> None:
+    """Run the embedded MQTT broker (amqtt) for development; production uses Mosquitto or EMQX.
+
+    Example:
+        curbwatch broker --port 1884
+    """
+    import threading
+
+    from curbwatch.broker import BrokerError, EmbeddedBroker
+
+    try:
+        running = EmbeddedBroker(host, port).start()
+    except BrokerError as exc:
+        _fail(str(exc))
+    typer.echo(f"MQTT broker on {host}:{port}; Ctrl-C stops it", err=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        running.stop()
 
 
 def main() -> None:

@@ -80,6 +80,14 @@ class DeliveryConfig(BaseModel):
     )
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, title="Outbox", description="Disk cap.")
     mqtt: PublisherConfig = Field(title="MQTT", description="Broker, credentials, device key, pacing.")
+    config_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=120,
+        title="Wait for server config (s)",
+        description="At start, how long to wait for the broker (and the retained desired config) before "
+        "cameras start; cameras start anyway when it passes.",
+    )
     flush_on_stop_s: float = Field(
         default=10.0,
         ge=0,

@@ -8,6 +8,8 @@ is validated and applied to the running cameras, and what was applied is reporte
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 from curbwatch.edge.config import DeliveryConfig
@@ -44,6 +46,7 @@ class Uplink:
         self.publisher = Publisher(mqtt, self.outbox, metrics_provider=self._metrics)
         self._runner: EdgeRunner | None = None
         self.remote: RemoteConfig | None = None
+        self._config_seen = threading.Event()
 
     def start(self, runner: EdgeRunner) -> None:
         """Connect, and apply desired configurations to ``runner``'s cameras from now on."""
@@ -52,6 +55,18 @@ class Uplink:
         self.remote = RemoteConfig(runner, mqtt.device_id, mqtt.key_bytes())
         self.publisher.subscribe(topic(mqtt.device_id, Channel.CONFIG_DESIRED), self._on_desired_config)
         self.publisher.start()
+        self._await_server_config()
+
+    def _await_server_config(self) -> None:
+        """Give the broker a moment to hand over the retained desired config before cameras start."""
+        deadline = time.monotonic() + self._config.config_wait_s
+        while not self.publisher.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.publisher.connected:
+            logger.warning("broker not reachable yet; cameras start with the local configuration")
+            return
+        # A retained message follows the SUBACK at once; without one there is nothing to wait for.
+        self._config_seen.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
 
     def stop(self) -> None:
         """Give the outbox a moment to drain, then disconnect; the rest goes at the next start."""
@@ -64,6 +79,7 @@ class Uplink:
     def _on_desired_config(self, _topic: str, payload: bytes) -> None:
         assert self.remote is not None  # subscribed in start(), after remote is set
         report = self.remote.apply(payload)
+        self._config_seen.set()
         self.publisher.publish(
             topic(self._config.mqtt.device_id, Channel.CONFIG_REPORTED),
             report.model_dump_json(by_alias=True).encode(),

@@ -38,7 +38,12 @@ def _settings(database_url: str | None, **overrides: object) -> ServerSettings:
 
 @server_app.command("migrate")
 def migrate_command(database_url: DatabaseOption = None) -> None:
-    """Create or upgrade the database schema (alembic ``upgrade head``)."""
+    """Create or upgrade the database schema (alembic ``upgrade head``).
+
+    Examples:
+        curbwatch server migrate
+        curbwatch server migrate --database-url postgresql+psycopg://curbwatch@db/curbwatch
+    """
     from curbwatch.server.db import DatabaseError, migrate
 
     settings = _settings(database_url)
@@ -55,7 +60,12 @@ def ingest_command(
     database_url: DatabaseOption = None,
     worker: Annotated[str | None, typer.Option(help="Worker name; fixes the MQTT client id.")] = None,
 ) -> None:
-    """Run one ingest worker until SIGTERM or Ctrl-C (settings from CURBWATCH_* variables)."""
+    """Run one ingest worker until SIGTERM or Ctrl-C (settings from CURBWATCH_* variables).
+
+    Examples:
+        CURBWATCH_MQTT_HOST=127.0.0.1 curbwatch server ingest --worker a
+        curbwatch server ingest --worker b   # a second worker shares the load
+    """
     from curbwatch.server.db import make_engine, make_session_factory
     from curbwatch.server.ingest import IngestWorker
 
@@ -69,7 +79,11 @@ def ingest_command(
 
 @devices_app.command("add")
 def devices_add(device_id: str, database_url: DatabaseOption = None) -> None:
-    """Register a device and print its HMAC key (hex) once: put it in the device's edge.yaml."""
+    """Register a device and print its HMAC key (hex) once: put it in the device's edge.yaml.
+
+    Example:
+        curbwatch devices add edge-0001
+    """
     from curbwatch.server.db import make_engine, make_session_factory
     from curbwatch.server.devices import DeviceError, add_device
 
@@ -87,7 +101,11 @@ def devices_add(device_id: str, database_url: DatabaseOption = None) -> None:
 
 @devices_app.command("list")
 def devices_list(database_url: DatabaseOption = None) -> None:
-    """List devices with their last status, heartbeat time and highest stored seq."""
+    """List devices with their last status, heartbeat time and highest stored seq.
+
+    Example:
+        curbwatch devices list
+    """
     from curbwatch.server.db import make_engine, make_session_factory
     from curbwatch.server.devices import list_devices
 

@@ -11,7 +11,6 @@ Run one with ``python -m curbwatch.server.ingest`` (settings from ``CURBWATCH_*`
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import signal
@@ -41,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 INGESTED_CHANNELS = (Channel.EVENT, Channel.EVIDENCE, Channel.STATUS, Channel.HEARTBEAT)
 ACK_ITEMS_PER_MESSAGE = 200  # keeps an AckV1 far below the broker's packet limit
-ACK_PUBLISH_TIMEOUT_S = 10.0
+ACK_PUBLISH_WAIT_S = 0.5
 ACK_INFLIGHT = 100
 MAX_STORE_ATTEMPTS = 5  # for a message the database refuses (not: database unreachable)
 
@@ -82,7 +81,9 @@ class IngestWorker:
         )
         self.counters: Counter[str] = Counter()  # stored, duplicate, recorded and each reject reason
         self.batches = 0
-        self._inbox: queue.Queue[_Inbound] = queue.Queue(maxsize=4 * settings.receive_maximum)
+        # Unbounded on purpose: the broker's receive-maximum window bounds it, and a blocking put
+        # would stall paho's network thread, which must stay free to read the PUBACKs of our acks.
+        self._inbox: queue.Queue[_Inbound] = queue.Queue()
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._generation = 0
@@ -205,7 +206,6 @@ class IngestWorker:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         received = ReceivedMessage(message.topic, message.payload, datetime.now(UTC))
-        # A full inbox blocks the network thread, which stops reading: back-pressure to the broker.
         self._inbox.put(_Inbound(received, message.mid, message.qos, self._generation))
 
     # -- writer thread -----------------------------------------------------------------------
@@ -290,18 +290,26 @@ class IngestWorker:
                 published.append(self._client.publish(topic(device_id, Channel.ACK), payload, qos=1))
         # PUBACK only once the broker has our AckV1s: were we to die with the acks still in paho's
         # memory but the PUBACKs sent, nothing would ever tell the device its events are stored.
-        for info in published:
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(ACK_PUBLISH_TIMEOUT_S)
-            if not info.is_published():
-                logger.warning(
-                    "AckV1 not confirmed by the broker; leaving %s messages to redelivery", len(batch)
-                )
-                return
         generation = self._generation
+        if not all(self._confirmed(info, generation) for info in published):
+            logger.warning(
+                "connection lost before the acks were confirmed; %s messages will be redelivered", len(batch)
+            )
+            return
         for item in batch:
             if item.qos > 0 and item.generation == generation:
                 self._client.ack(item.mid, item.qos)
+
+    def _confirmed(self, info: mqtt.MQTTMessageInfo, generation: int) -> bool:
+        """Waits for the broker's PUBACK of one AckV1; False if the connection changed meanwhile."""
+        while not info.is_published():
+            if self._generation != generation or self._stop.is_set():
+                return False
+            try:
+                info.wait_for_publish(ACK_PUBLISH_WAIT_S)
+            except (RuntimeError, ValueError):  # not connected right now
+                time.sleep(ACK_PUBLISH_WAIT_S)
+        return True
 
 
 def main() -> None:

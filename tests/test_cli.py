@@ -31,6 +31,11 @@ def test_every_command_has_help_with_examples() -> None:
         ["zones", "import-pklot"],
         ["schema", "export"],
         ["demo"],
+        ["broker"],
+        ["server", "migrate"],
+        ["server", "ingest"],
+        ["devices", "add"],
+        ["devices", "list"],
     ):
         code, out, _ = invoke(*command, "--help")
         assert code == 0 and "Example" in out, command

@@ -87,7 +87,7 @@ class PrivateBroker:
         # drop any while a worker is away.
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\nlog_type error\nlog_type warning\n"
+            "max_queued_messages 1000000\nset_tcp_nodelay true\nlog_type error\nlog_type warning\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,65 @@
+"""Device registry and the ``server migrate`` / ``devices add|list`` commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from typer.testing import CliRunner
+
+from curbwatch.schema.protocol import HeartbeatV1, StatusV1
+from curbwatch.server.cli import _standalone
+from curbwatch.server.devices import (
+    DeviceError,
+    DeviceExistsError,
+    UnknownDeviceError,
+    add_device,
+    device_key,
+    record_heartbeat,
+    record_status,
+)
+from curbwatch.server.settings import get_settings
+
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def test_registry(session_factory) -> None:
+    with session_factory() as session, session.begin():
+        key_hex = add_device(session, "edge-registry-1")
+        assert device_key(session, "edge-registry-1") == bytes.fromhex(key_hex) and len(key_hex) == 64
+        assert device_key(session, "edge-nope") is None
+        with pytest.raises(DeviceExistsError):
+            add_device(session, "edge-registry-1")
+        with pytest.raises(DeviceError):
+            add_device(session, "bad/id")
+        record_status(session, StatusV1(device_id="edge-registry-1", state="offline"), received_at=NOW)
+        heartbeat = HeartbeatV1(
+            device_id="edge-registry-1", ts=NOW, outbox_depth=0, outbox_bytes=0, disk_free_bytes=1
+        )
+        record_heartbeat(session, heartbeat, received_at=NOW)
+        with pytest.raises(UnknownDeviceError):
+            record_status(session, StatusV1(device_id="edge-nope", state="online"), received_at=NOW)
+
+
+def test_commands(tmp_path) -> None:
+    runner = CliRunner()
+    url = ["--database-url", f"sqlite:///{tmp_path / 'cli.db'}"]
+    assert runner.invoke(_standalone, ["server", "migrate", *url]).exit_code == 0
+    added = runner.invoke(_standalone, ["devices", "add", "edge-cli", *url])
+    assert added.exit_code == 0 and len(added.output.strip()) == 64
+    assert runner.invoke(_standalone, ["devices", "add", "edge-cli", *url]).exit_code == 1
+    listed = runner.invoke(_standalone, ["devices", "list", *url])
+    assert listed.output.startswith("edge-cli\t-\t-\tseq=0")
+
+
+def test_settings_from_environment(monkeypatch) -> None:
+    monkeypatch.setenv("CURBWATCH_WORKER_NAME", "w7")
+    monkeypatch.setenv("CURBWATCH_MQTT_PORT", "1999")
+    settings = get_settings(share_group="grp")
+    assert (settings.client_id, settings.mqtt_port, settings.share_group) == (
+        "curbwatch-ingest-w7",
+        1999,
+        "grp",
+    )
+    with pytest.raises(ValueError, match="extra"):
+        get_settings(nonsense=1)
