@@ -9,7 +9,7 @@ export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 export YOLO_CONFIG_DIR := $(CURDIR)/$(BUILD)/ultralytics
 
-.PHONY: setup test test-fast bench lint demo schemas clean
+.PHONY: setup test test-fast bench bench-delivery lint demo schemas clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,11 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not train"
 
 bench: setup
-	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.bench && $(BIN)/python -m tools.bench_delivery
+
+# Delivery only: private Mosquitto, SQLite and PostgreSQL (127.0.0.1:5432); about 7 minutes on 2 cores.
+bench-delivery: setup
+	$(BIN)/python -m tools.bench_delivery
 
 lint: setup
 	$(BIN)/ruff check .

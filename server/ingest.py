@@ -241,7 +241,7 @@ class IngestWorker:
     def _transaction(self, batch: list[_Inbound]) -> list[Outcome]:
         updates = DeviceUpdates()
         with self.session_factory() as session, session.begin():
-            outcomes = [self.handler.handle(session, item.message, updates) for item in batch]
+            outcomes = self.handler.handle_batch(session, [item.message for item in batch], updates)
             updates.apply(session)
         return outcomes
 

@@ -38,7 +38,7 @@ def handle_all(
     """One transaction for all messages, as the worker's batch does."""
     updates = DeviceUpdates()
     with session_factory() as session, session.begin():
-        outcomes = [handler.handle(session, ReceivedMessage(t, p, NOW), updates) for t, p in messages]
+        outcomes = handler.handle_batch(session, [ReceivedMessage(t, p, NOW) for t, p in messages], updates)
         updates.apply(session)
     return outcomes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,21 @@ def worker_settings(
         session_expiry_s=60,
         max_payload_bytes=16 * 1024 * 1024,
     )
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """This module's own broker: the shared one holds retained device statuses that other modules
+    leave behind (Mosquitto 2 hands retained messages to a new ``$share`` subscriber too), and a
+    worker counts each as an unknown device."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    broker = PrivateBroker(tmp_path_factory.mktemp("mosquitto-ingest"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,89 @@
+"""Stores a batch of checked events with two look-ups and one bulk insert.
+
+Per message the server needs to know: is this ``event_id`` stored already (a redelivery, or a
+conflict if it came with another device or seq), or is its (device, seq) taken by another event (a
+replay)? Asking the database once per batch for all ids and all pairs, then deciding in batch
+order against those answers plus the rows accepted so far, gives the same verdicts as one message
+at a time, with three statements instead of three per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert, select, tuple_
+from sqlalchemy.orm import Session
+
+from curbwatch.server.tables import Event
+
+EVENTS = Event.__table__
+
+
+class Verdict(StrEnum):
+    """What became of one event row."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same event_id, device and seq already stored
+    REPLAYED_SEQ = "replayed_seq"  # the device's seq belongs to another event
+    EVENT_ID_CONFLICT = "event_id_conflict"  # the event_id is stored under another device or seq
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict with its explanation (for the dead-letter row)."""
+
+    verdict: Verdict
+    detail: str = ""
+
+
+def write_events(session: Session, rows: list[dict[str, Any]]) -> list[Decision]:
+    """Insert the rows that are new, in the caller's transaction; one decision per row, in order.
+
+    Args:
+        session: The batch's session; the inserts become durable at its commit.
+        rows: ``events`` table values; a row may repeat an earlier one in the same list.
+
+    Returns:
+        One :class:`Decision` per row. A unique-key race with another worker raises at the
+        insert (the caller then retries message by message).
+    """
+    if not rows:
+        return []
+    by_id: dict[str, tuple[str, int]] = {
+        event_id: (device_id, seq)
+        for event_id, device_id, seq in session.execute(
+            select(Event.event_id, Event.device_id, Event.seq).where(
+                Event.event_id.in_({row["event_id"] for row in rows})
+            )
+        )
+    }
+    pairs = {(row["device_id"], row["seq"]) for row in rows}
+    by_pair: dict[tuple[str, int], str] = {
+        (device_id, seq): event_id
+        for device_id, seq, event_id in session.execute(
+            select(Event.device_id, Event.seq, Event.event_id).where(
+                tuple_(Event.device_id, Event.seq).in_(pairs)
+            )
+        )
+    }
+    decisions: list[Decision] = []
+    new_rows: list[dict[str, Any]] = []
+    for row in rows:
+        event_id, pair = row["event_id"], (row["device_id"], row["seq"])
+        known = by_id.get(event_id)
+        if known is not None:
+            if known == pair:
+                decisions.append(Decision(Verdict.DUPLICATE))
+            else:
+                decisions.append(Decision(Verdict.EVENT_ID_CONFLICT, f"stored with seq {known[1]}"))
+        elif pair in by_pair:
+            decisions.append(Decision(Verdict.REPLAYED_SEQ, f"seq {pair[1]} is event {by_pair[pair]}"))
+        else:
+            by_id[event_id], by_pair[pair] = pair, event_id
+            new_rows.append(row)
+            decisions.append(Decision(Verdict.STORED))
+    if new_rows:
+        session.execute(insert(EVENTS), new_rows)
+    return decisions
