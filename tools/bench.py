@@ -34,6 +34,7 @@ from curbwatch.edge.messages import Frame
 from curbwatch.edge.pipeline import CameraPipeline, PipelineParts
 from curbwatch.edge.sources import SourceConfig, open_source
 from curbwatch.schema.zones import ZoneFile
+from tools.delivery_report import START_MARK
 
 BUILD = REPO_ROOT / "build" / "bench"
 FPS = 5.0
@@ -335,7 +336,10 @@ def write_report(
         "largest stream count).",
         "",
     ]
-    out.write_text("\n".join(lines), encoding="utf-8")
+    # The delivery section belongs to tools.bench_delivery: keep it when rewriting the edge part.
+    previous = out.read_text(encoding="utf-8") if out.exists() else ""
+    delivery = previous[previous.find(START_MARK) :] if START_MARK in previous else ""
+    out.write_text("\n".join(lines) + ("\n" + delivery if delivery else ""), encoding="utf-8")
     print(f"wrote {out}")
 
 

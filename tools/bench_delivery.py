@@ -279,7 +279,7 @@ def run_backend(backend: str, url: str, args: argparse.Namespace, results: Resul
                 if args.storm_devices > 0 and backend.lower() in args.storm_backends:
                     results.storm.append(
                         measure_storm(
-                            factory, port, backend, args.storm_devices, args.storm_events, args.timeout
+                            factory, port, backend, args.storm_devices, args.storm_events, args.storm_timeout
                         )
                     )
                 if args.two_workers:
@@ -334,6 +334,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--postgres-admin-url", default=POSTGRES_ADMIN_URL)
     parser.add_argument("--timeout", type=float, default=240.0, help="Seconds each measurement may take.")
+    parser.add_argument("--storm-timeout", type=float, default=420.0, help="Seconds the storm may take.")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
     parser.add_argument("--build-dir", type=Path, default=BUILD, help="SQLite file, broker config and log.")
     return parser.parse_args(argv)

@@ -56,7 +56,6 @@ def postgres_usable() -> bool:
         engine.dispose()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_every_measurement_runs_at_a_tiny_size(tmp_path: Path) -> None:
     if shutil.which("mosquitto") is None:
@@ -65,7 +64,18 @@ def test_every_measurement_runs_at_a_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     out.write_text(f"{OTHER}\n{START_MARK}\nstale\n{END_MARK}\n", encoding="utf-8")
     argv = ["--events", "50", "--latency-rate", "50", "--latency-seconds", "1", "--storm-devices", "5"]
-    argv += ["--storm-events", "5", "--timeout", "60", "--out", str(out), "--build-dir", str(tmp_path / "b")]
+    argv += [
+        "--storm-events",
+        "5",
+        "--timeout",
+        "60",
+        "--storm-timeout",
+        "60",
+        "--out",
+        str(out),
+        "--build-dir",
+        str(tmp_path / "b"),
+    ]
     results = main([*argv, "--backends", *backends, "--storm-backends", *backends])
 
     assert results.raw is not None and results.raw.done == 50 and results.raw.rate > 0
