@@ -356,7 +356,8 @@ def write_report(
         "## Peak memory",
         "",
         "Peak RSS of the process while N streams ran is in the streams table (sampled every 0.5 s; it "
-        "includes the decoders, one pipeline per stream and the shared model). "
+        "includes the decoders, one pipeline per stream and the shared model, and whatever the same process "
+        "kept from the smaller runs before it). "
         f"Peak RSS of the whole benchmark process: **{peak_mb:.0f} MB** (the overhead test keeps 150 decoded "
         "frames in memory; max over all runs above, including the "
         "largest stream count).",

@@ -26,6 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from curbwatch.schema.events import example_event_document
 from curbwatch.schema.protocol import AckStatus, Channel, EnvelopeV1, topic
 
 HOST = "127.0.0.1"
@@ -113,23 +114,7 @@ def private_mosquitto(folder: Path, port: int) -> Iterator[int]:
 def signed_event(device: Device, seq: int, sent_at: datetime) -> Message:
     """A signed envelope around a valid ``curbwatch.event.v1`` document."""
     event_id = uuid.uuid4().hex
-    document = {
-        "schema": "curbwatch.event.v1",
-        "event_id": event_id,
-        "episode_id": uuid.uuid4().hex,
-        "type": "start",
-        "device_id": device.device_id,
-        "camera_id": "cam-1",
-        "zone": "kerb",
-        "rule": "illegal_parking",
-        "violation": "illegal_parking",
-        "event_code": "0505",
-        "event_name": "illegal parking",
-        "episode_start": "2026-11-27T01:00:00+00:00",
-        "ts": "2026-11-27T01:02:00+00:00",
-        "dwell_s": 120.0,
-        "frame_wh": [1280, 720],
-    }
+    document = example_event_document(event_id=event_id, device_id=device.device_id)
     envelope = EnvelopeV1.signed(
         device_id=device.device_id,
         seq=seq,

@@ -8,9 +8,10 @@ timestamps (when the camera saw it), in UTC ISO 8601.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -137,6 +138,28 @@ class EventV1(_Wire):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
+
+
+def example_event_document(**overrides: Any) -> dict[str, Any]:
+    """A valid ``curbwatch.event.v1`` document with fresh ids (documentation, benchmarks, tests)."""
+    document: dict[str, Any] = {
+        "schema": EVENT_SCHEMA,
+        "event_id": uuid.uuid4().hex,
+        "episode_id": uuid.uuid4().hex,
+        "type": "start",
+        "device_id": "edge-1",
+        "camera_id": "cam-1",
+        "zone": "kerb",
+        "rule": "illegal_parking",
+        "violation": "illegal_parking",
+        "event_code": "0505",
+        "event_name": "illegal parking",
+        "episode_start": "2026-11-27T01:00:00+00:00",
+        "ts": "2026-11-27T01:02:00+00:00",
+        "dwell_s": 120.0,
+        "frame_wh": [1280, 720],
+    }
+    return {**document, **overrides}
 
 
 def event_json_schema() -> dict[str, object]:

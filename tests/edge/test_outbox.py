@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curbwatch.edge.outbox import ItemKind, Outbox, OutboxConfig, OutboxError, OutboxSink, PutResult
-from curbwatch.schema.events import EventV1, EvidenceRefV1
+from curbwatch.schema.events import EventV1, EvidenceRefV1, example_event_document
 from curbwatch.schema.protocol import EnvelopeV1, HeartbeatV1, verify
 from tests.conftest import REPO_ROOT
 
@@ -28,26 +28,14 @@ KEY = bytes(range(32))
 def make_event(
     type_: str = "start", episode_id: str | None = None, evidence: list[EvidenceRefV1] | None = None
 ) -> EventV1:
-    ts = datetime(2026, 11, 27, 1, 2, tzinfo=UTC)
     return EventV1.model_validate(
-        {
-            "event_id": uuid.uuid4().hex,
-            "episode_id": episode_id or uuid.uuid4().hex,
-            "type": type_,
-            "device_id": DEVICE,
-            "camera_id": "cam-1",
-            "zone": "kerb",
-            "rule": "illegal_parking",
-            "violation": "illegal_parking",
-            "event_code": "0505",
-            "event_name": "illegal parking",
-            "episode_start": ts,
-            "ts": ts,
-            "dwell_s": 120.0,
-            "frame_wh": [1280, 720],
-            "end_reason": "left" if type_ == "end" else None,
-            "evidence": evidence or [],
-        }
+        example_event_document(
+            episode_id=episode_id or uuid.uuid4().hex,
+            type=type_,
+            device_id=DEVICE,
+            end_reason="left" if type_ == "end" else None,
+            evidence=evidence or [],
+        )
     )
 
 

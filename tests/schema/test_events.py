@@ -7,27 +7,16 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from curbwatch.schema.events import EventV1, event_json_schema
+from curbwatch.schema.events import EventV1, event_json_schema, example_event_document
 from curbwatch.schema.export import render_schemas
 from tests.conftest import REPO_ROOT
 
 
 def event(**overrides: object) -> dict:
     data = {
-        "event_id": "a" * 32,
-        "episode_id": "b" * 32,
-        "type": "start",
-        "device_id": "edge-1",
-        "camera_id": "cam-1",
-        "zone": "kerb",
-        "rule": "illegal_parking",
-        "violation": "illegal_parking",
-        "event_code": "0505",
-        "event_name": "illegal parking",
-        "episode_start": "2026-11-27T01:00:00Z",
-        "ts": "2026-11-27T01:02:00+00:00",
-        "dwell_s": 120.0,
-        "frame_wh": [1280, 720],
+        **example_event_document(
+            event_id="a" * 32, episode_id="b" * 32, episode_start="2026-11-27T01:00:00Z"
+        ),
         "objects": [
             {"track_id": 3, "label": "car", "score": 0.8, "xyxy": [1, 2, 30, 40], "stationary_s": 121.0}
         ],

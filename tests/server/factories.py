@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from curbwatch.schema.events import example_event_document
 from curbwatch.schema.protocol import EnvelopeV1
 
 
 def event_document(device_id: str, **overrides: Any) -> dict[str, Any]:
     """A valid ``curbwatch.event.v1`` document with a fresh event id."""
-    data: dict[str, Any] = {
-        "schema": "curbwatch.event.v1",
-        "event_id": uuid.uuid4().hex,
-        "episode_id": uuid.uuid4().hex,
-        "type": "start",
-        "device_id": device_id,
-        "camera_id": "cam-1",
-        "zone": "kerb",
-        "rule": "illegal_parking",
-        "violation": "illegal_parking",
-        "event_code": "0505",
-        "event_name": "illegal parking",
-        "episode_start": "2026-11-27T01:00:00+00:00",
-        "ts": "2026-11-27T01:02:00+00:00",
-        "dwell_s": 120.0,
-        "frame_wh": [1280, 720],
-    }
-    return {**data, **overrides}
+    return example_event_document(device_id=device_id, **overrides)
 
 
 def envelope(device_id: str, key: bytes, seq: int, document: dict[str, Any] | None = None) -> EnvelopeV1:
