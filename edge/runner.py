@@ -109,11 +109,11 @@ class EdgeRunner:
         self._stop.set()
 
     def run(self) -> dict[str, CameraReport]:
+        """Run every enabled camera until its source ends, it fails, or ``stop()`` is called."""
         cameras = [camera for camera in self._config.cameras if camera.enabled]
-        reports = self.reports
         threads = [
             threading.Thread(
-                target=self._run_camera, args=(camera, reports[camera.id]), name=f"camera-{camera.id}"
+                target=self._run_camera, args=(camera, self.reports[camera.id]), name=f"camera-{camera.id}"
             )
             for camera in cameras
         ]
@@ -122,7 +122,7 @@ class EdgeRunner:
         for thread in threads:
             thread.join()
         self._shared_detector.close()
-        return reports
+        return self.reports
 
     def _run_camera(self, camera: CameraConfig, report: CameraReport) -> None:
         try:
@@ -130,9 +130,8 @@ class EdgeRunner:
         except (ConfigError, SourceError, ValueError, OSError) as exc:
             report.outcome, report.error = CameraOutcome.FAILED, str(exc)
             logger.error("camera %s failed: %s", camera.id, exc)
-        except (
-            Exception
-        ) as exc:  # the per-camera loop is the one place that must not let a bug stop other cameras
+        # The per-camera loop is the one place that must not let a bug stop the other cameras.
+        except Exception as exc:
             report.outcome, report.error = CameraOutcome.FAILED, f"{type(exc).__name__}: {exc}"
             logger.exception("camera %s crashed", camera.id)
 
