@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from curbwatch.schema.yamlio import ConfigError
-from curbwatch.server.cli import devices_app, server_app
+from curbwatch.server.cli import audit_app, devices_app, server_app
 
 app = typer.Typer(no_args_is_help=True, help="curbwatch: street-violation detection from city cameras.")
 edge_app = typer.Typer(no_args_is_help=True, help="Run and check the edge runtime.")
@@ -25,6 +25,7 @@ app.add_typer(zones_app, name="zones")
 app.add_typer(schema_app, name="schema")
 app.add_typer(server_app, name="server")
 app.add_typer(devices_app, name="devices")
+app.add_typer(audit_app, name="audit")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"

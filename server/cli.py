@@ -1,13 +1,14 @@
-"""``curbwatch server ...`` and ``curbwatch devices ...`` commands.
+"""``curbwatch server ...``, ``curbwatch devices ...`` and ``curbwatch audit ...`` commands.
 
 Wire them into the main command line with::
 
-    from curbwatch.server.cli import devices_app, server_app
+    from curbwatch.server.cli import audit_app, devices_app, server_app
     app.add_typer(server_app, name="server")
     app.add_typer(devices_app, name="devices")
+    app.add_typer(audit_app, name="audit")
 
 SQLAlchemy and paho are imported inside the commands so ``curbwatch --help`` stays light.
-``python -m curbwatch.server.cli`` runs both groups on their own.
+``python -m curbwatch.server.cli`` runs the groups on their own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 server_app = typer.Typer(no_args_is_help=True, help="Run the server: migrations and MQTT ingest.")
 devices_app = typer.Typer(no_args_is_help=True, help="Register edge devices and show their health.")
+audit_app = typer.Typer(no_args_is_help=True, help="Check the hash-chained audit log.")
 
 DatabaseOption = Annotated[
     str | None, typer.Option("--database-url", help="Overrides CURBWATCH_DATABASE_URL.", show_default=False)
@@ -119,9 +121,39 @@ def devices_list(database_url: DatabaseOption = None) -> None:
         engine.dispose()
 
 
+@audit_app.command("verify")
+def audit_verify(database_url: DatabaseOption = None) -> None:
+    """Check that no audit entry was altered, deleted or inserted; exit 1 with one line per problem.
+
+    Examples:
+        curbwatch audit verify
+        curbwatch audit verify --database-url postgresql+psycopg://curbwatch@db/curbwatch
+    """
+    from sqlalchemy import func, select
+
+    from curbwatch.server.audit import verify_chain
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.tables import AuditLog
+
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            problems = verify_chain(session)
+            count = session.scalar(select(func.count()).select_from(AuditLog))
+    finally:
+        engine.dispose()
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        typer.echo(f"audit log damaged: {len(problems)} problems in {count} entries", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit log intact: {count} entries")
+
+
 _standalone = typer.Typer(no_args_is_help=True)
 _standalone.add_typer(server_app, name="server")
 _standalone.add_typer(devices_app, name="devices")
+_standalone.add_typer(audit_app, name="audit")
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

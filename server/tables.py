@@ -108,3 +108,23 @@ class DeadLetter(Base):
     detail: Mapped[str] = mapped_column(Text)
     payload_size: Mapped[int] = mapped_column(Integer)
     payload: Mapped[bytes] = mapped_column(LargeBinary, doc=f"First {DEAD_LETTER_PAYLOAD_CAP} bytes.")
+
+
+class AuditLog(Base):
+    """One audited action; ``entry_hash`` chains it to the entry before (see ``server/audit.py``)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_case_id", "case_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str | None] = mapped_column(String(64), doc="None for actions outside a case.")
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64), doc="entry_hash of the entry before, or the genesis.")
+    entry_hash: Mapped[str] = mapped_column(String(64), doc="Hex sha256 of the canonical entry.")

@@ -36,6 +36,7 @@ def test_every_command_has_help_with_examples() -> None:
         ["server", "ingest"],
         ["devices", "add"],
         ["devices", "list"],
+        ["audit", "verify"],
     ):
         code, out, _ = invoke(*command, "--help")
         assert code == 0 and "Example" in out, command

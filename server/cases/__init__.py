@@ -1,0 +1,1 @@
+"""Case server: the case state machine and handling deadlines."""
