@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -128,3 +129,57 @@ class AuditLog(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64), doc="entry_hash of the entry before, or the genesis.")
     entry_hash: Mapped[str] = mapped_column(String(64), doc="Hex sha256 of the canonical entry.")
+
+
+class Case(Base):
+    """A violation case: every episode of one violation at one place, folded together.
+
+    The workflow columns (``status`` .. ``department``) mirror ``cases.workflow.CaseState``; the rest
+    describe where and what, copied from the first event so the review queue needs no join.
+    """
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        # Folding looks for the open case at a camera and zone; the review queue is oldest first.
+        Index("ix_cases_camera_id_zone_status", "camera_id", "zone", "status"),
+        Index("ix_cases_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, doc="uuid4 hex.")
+    status: Mapped[str] = mapped_column(String(32))
+    suspended_from: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    closure_type: Mapped[str | None] = mapped_column(String(32))
+    department: Mapped[str | None] = mapped_column(String(128))
+    event_code: Mapped[str] = mapped_column(String(4))
+    event_name: Mapped[str] = mapped_column(String(128))
+    rule: Mapped[str] = mapped_column(String(32))
+    violation: Mapped[str] = mapped_column(String(48))
+    device_id: Mapped[str] = mapped_column(String(64))
+    camera_id: Mapped[str] = mapped_column(String(64))
+    zone: Mapped[str] = mapped_column(String(64))
+    location_lat: Mapped[float | None] = mapped_column(Float)
+    location_lon: Mapped[float | None] = mapped_column(Float)
+    first_episode_id: Mapped[str] = mapped_column(String(32))
+    episode_ids: Mapped[list[str]] = mapped_column(JSON, doc="Every folded episode, first first.")
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), doc="First episode's start.")
+    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CaseEvent(Base):
+    """Links an event to its case; an event belongs to one case, so folding it twice is a no-op."""
+
+    __tablename__ = "case_events"
+    __table_args__ = (
+        Index("ix_case_events_case_id", "case_id"),
+        Index("ix_case_events_episode_id", "episode_id"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"))
+    episode_id: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
