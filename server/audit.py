@@ -108,7 +108,8 @@ def entry_hash(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _row_hash(row: AuditLog) -> str:
+def row_hash(row: AuditLog) -> str:
+    """The hash a stored entry should carry, recomputed from its fields."""
     return entry_hash(
         entry_id=row.id,
         case_id=row.case_id,
@@ -201,7 +202,7 @@ def _check_entry(row: AuditLog, previous: AuditLog | None) -> list[AuditProblem]
                 "an entry before it was deleted, inserted or rewritten",
             )
         )
-    recomputed = _row_hash(row)
+    recomputed = row_hash(row)
     if row.entry_hash != recomputed:
         problems.append(
             AuditProblem(

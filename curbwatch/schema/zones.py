@@ -170,7 +170,7 @@ class _ZoneBase(_Strict):
     @field_validator("timezone")
     @classmethod
     def verify_timezone(cls, value: str | None) -> str | None:
-        return None if value is None else _check_timezone(value)
+        return None if value is None else check_timezone(value)
 
 
 class _RuleZone(_ZoneBase):
@@ -305,7 +305,8 @@ class GeoPoint(_Strict):
     lon: float = Field(ge=-180, le=180)
 
 
-def _check_timezone(value: str) -> str:
+def check_timezone(value: str) -> str:
+    """Return ``value`` if it names a zone in the tz database, else raise ValueError."""
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -339,7 +340,7 @@ class ZoneFile(_Strict):
     @field_validator("timezone")
     @classmethod
     def verify_timezone(cls, value: str) -> str:
-        return _check_timezone(value)
+        return check_timezone(value)
 
     @field_validator("frame_wh")
     @classmethod

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from curbwatch.edge.messages import Frame
+from curbwatch.schema.zones import check_timezone
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +134,7 @@ class SourceConfig(BaseModel):
     @field_validator("timezone")
     @classmethod
     def verify_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}") from exc
-        return value
+        return check_timezone(value)
 
     @field_validator("url")
     @classmethod

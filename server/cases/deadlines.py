@@ -25,9 +25,11 @@ import enum
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from typing import Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from curbwatch.schema.zones import check_timezone
 
 # A calendar must offer working time within this many days, or it is treated as broken.
 MAX_SCAN_DAYS = 3660
@@ -131,11 +133,7 @@ class WorkCalendar(BaseModel):
     @classmethod
     def verify_timezone(cls, value: str) -> str:
         """The zone must exist in the tz database."""
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return check_timezone(value)
 
     @field_validator("working_weekdays")
     @classmethod

@@ -19,6 +19,7 @@ from curbwatch.server.audit import (
     AuditError,
     ProblemKind,
     append_audit,
+    row_hash,
     verify_chain,
 )
 from curbwatch.server.cli import _standalone
@@ -129,26 +130,13 @@ def test_a_forged_entry_recomputed_from_its_content_still_breaks_the_chain(
     sessions: sessionmaker[Session], audit_engine: Engine
 ) -> None:
     """Rewriting an entry and recomputing its own hash is exactly what the link to the next catches."""
-    from curbwatch.server.audit import entry_hash
 
     _chain(sessions)
     with sessions() as session, session.begin():
         row = session.get(AuditLog, 2)
         assert row is not None
         row.reason = "forged"
-        row.entry_hash = entry_hash(
-            entry_id=row.id,
-            case_id=row.case_id,
-            action=row.action,
-            actor=row.actor,
-            role=row.role,
-            at=row.at,
-            from_state=row.from_state,
-            to_state=row.to_state,
-            reason=row.reason,
-            details=row.details,
-            prev_hash=row.prev_hash,
-        )
+        row.entry_hash = row_hash(row)
     assert _problems(sessions) == [(3, ProblemKind.BROKEN_LINK)]
 
 
