@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from curbwatch.schema.yamlio import ConfigError
-from curbwatch.server.cli import audit_app, devices_app, server_app
+from curbwatch.server.cli import audit_app, devices_app, server_app, users_app
 
 app = typer.Typer(no_args_is_help=True, help="curbwatch: street-violation detection from city cameras.")
 edge_app = typer.Typer(no_args_is_help=True, help="Run and check the edge runtime.")
@@ -26,6 +26,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(server_app, name="server")
 app.add_typer(devices_app, name="devices")
 app.add_typer(audit_app, name="audit")
+app.add_typer(users_app, name="users")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"

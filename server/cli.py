@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 server_app = typer.Typer(no_args_is_help=True, help="Run the server: migrations and MQTT ingest.")
 devices_app = typer.Typer(no_args_is_help=True, help="Register edge devices and show their health.")
 audit_app = typer.Typer(no_args_is_help=True, help="Check the hash-chained audit log.")
+users_app = typer.Typer(no_args_is_help=True, help="Operator accounts for the web UI and the API.")
 
 DatabaseOption = Annotated[
     str | None, typer.Option("--database-url", help="Overrides CURBWATCH_DATABASE_URL.", show_default=False)
@@ -77,6 +78,71 @@ def ingest_command(
         IngestWorker(settings, make_session_factory(engine)).run_until_stopped()
     finally:
         engine.dispose()
+
+
+@server_app.command("web")
+def web_command(
+    database_url: DatabaseOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (CURBWATCH_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (CURBWATCH_HTTP_PORT).")] = None,
+) -> None:
+    """Serve the operator UI, the REST API (/docs) and Open311 until Ctrl-C.
+
+    Examples:
+        curbwatch server web
+        CURBWATCH_CASE_CONFIG=city.yaml curbwatch server web --host 0.0.0.0 --port 8080
+    """
+    import uvicorn
+
+    from curbwatch.schema.yamlio import ConfigError
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.web.app import create_app
+
+    settings = _settings(database_url, http_host=host, http_port=port)
+    engine = make_engine(settings.database_url)
+    try:
+        app = create_app(settings, make_session_factory(engine))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    try:
+        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
+    finally:
+        engine.dispose()
+
+
+@users_app.command("add")
+def users_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="operator, dispatcher, supervisor or admin.")] = "operator",
+    display_name: Annotated[str, typer.Option(help="Name shown in the UI.")] = "",
+    password: Annotated[
+        str,
+        typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, envvar="CURBWATCH_NEW_PASSWORD"),
+    ] = "",
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create an account (the password is asked twice, or read from CURBWATCH_NEW_PASSWORD).
+
+    Examples:
+        curbwatch users add alice --role operator
+        CURBWATCH_NEW_PASSWORD=s3cret-pass curbwatch users add bob --role supervisor --display-name "Bob Li"
+    """
+    from datetime import UTC, datetime
+
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.users import UserError, add_user
+
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            add_user(session, username, password, role, display_name=display_name, at=datetime.now(UTC))
+    except UserError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"user {username} ({role}) created")
 
 
 @devices_app.command("add")
@@ -154,6 +220,7 @@ _standalone = typer.Typer(no_args_is_help=True)
 _standalone.add_typer(server_app, name="server")
 _standalone.add_typer(devices_app, name="devices")
 _standalone.add_typer(audit_app, name="audit")
+_standalone.add_typer(users_app, name="users")
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

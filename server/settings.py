@@ -89,6 +89,52 @@ class ServerSettings(BaseSettings):
         description="How long a batch waits to fill after its first message; latency against throughput.",
     )
 
+    case_config: Path | None = Field(
+        default=None,
+        title="Case configuration",
+        description="YAML file of event codes, time limits, calendar, grid and Open311; none = defaults.",
+    )
+    secret_key_file: Path = Field(
+        default=Path("build/secret.key"),
+        title="Secret key file",
+        description=(
+            "Signs session cookies, API tokens and evidence links; created (mode 0600) when missing. "
+            "Every web worker of one deployment must read the same file."
+        ),
+    )
+    http_host: str = Field(
+        default="127.0.0.1", title="HTTP host", description="Address the web server binds."
+    )
+    http_port: int = Field(default=8000, ge=1, le=65535, title="HTTP port", description="Web server port.")
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        title="Public URL",
+        description="How the outside world reaches this server; Open311 media_url links start with it.",
+    )
+    session_max_age_s: int = Field(
+        default=8 * 3600, ge=60, title="Session lifetime", description="A sign-in lasts this long."
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        title="Login failures allowed",
+        description="Failed sign-ins per user name within the window before sign-in is refused.",
+    )
+    login_max_failures_per_client: int = Field(
+        default=20,
+        ge=1,
+        title="Login failures allowed per client",
+        description="Failed sign-ins per client address within the window (a control room may share one).",
+    )
+    login_window_s: int = Field(
+        default=300, ge=1, title="Login window", description="Seconds the failure count looks back."
+    )
+    secure_cookies: bool = Field(
+        default=False,
+        title="Secure cookies",
+        description="Send the session cookie over HTTPS only; set behind a TLS-terminating proxy.",
+    )
+
     @property
     def client_id(self) -> str:
         """The fixed MQTT client id; a fixed id is what lets the broker keep the session."""

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Every constraint gets a predictable name so later migrations can drop or alter it on any backend.
@@ -56,6 +58,9 @@ class Device(Base):
     last_heartbeat: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0, doc="Highest envelope seq stored.")
+    reported_config_version: Mapped[str | None] = mapped_column(String(64))
+    reported_config_error: Mapped[str | None] = mapped_column(Text)
+    reported_config_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Event(Base):
@@ -143,6 +148,7 @@ class Case(Base):
         # Folding looks for the open case at a camera and zone; the review queue is oldest first.
         Index("ix_cases_camera_id_zone_status", "camera_id", "zone", "status"),
         Index("ix_cases_status_created_at", "status", "created_at"),
+        Index("ix_cases_camera_id_created_at", "camera_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, doc="uuid4 hex.")
@@ -167,6 +173,10 @@ class Case(Base):
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    grid_cell: Mapped[str | None] = mapped_column(String(32), doc="City-management grid cell of the camera.")
+    filed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), doc="When it was confirmed.")
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rework_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class CaseEvent(Base):
@@ -183,3 +193,88 @@ class CaseEvent(Base):
     episode_id: Mapped[str] = mapped_column(String(32))
     type: Mapped[str] = mapped_column(String(16))
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class User(Base):
+    """A person who signs in to the operator UI or the API."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("username"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(128))
+    password_hash: Mapped[str] = mapped_column(String(255), doc="argon2id, PHC string format.")
+    role: Mapped[str] = mapped_column(String(16), doc="A cases.workflow.Role value.")
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoginAttempt(Base):
+    """One sign-in try; recent failures per user name and per client throttle the next ones."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_username_at", "username", "at"),
+        Index("ix_login_attempts_client_at", "client", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(64), doc="Client address.")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+
+
+class CaseCheck(Base):
+    """A fresh image asked of the camera after a case was reported handled (核查)."""
+
+    __tablename__ = "case_checks"
+    __table_args__ = (Index("ix_case_checks_case_id", "case_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, doc="The command's correlation id.")
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"))
+    device_id: Mapped[str] = mapped_column(String(64))
+    camera_id: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    requested_by: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), doc="requested, received or failed.")
+    evidence_sha256: Mapped[str | None] = mapped_column(String(64))
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Forwarding(Base):
+    """A filed case on its way to an upstream city platform (Open311 POST), retried until sent."""
+
+    __tablename__ = "forwardings"
+    __table_args__ = (
+        UniqueConstraint("case_id", "target"),
+        Index("ix_forwardings_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"))
+    target: Mapped[str] = mapped_column(String(64), doc="Name of the upstream in the server config.")
+    status: Mapped[str] = mapped_column(String(16), doc="pending, sent or failed.")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    external_id: Mapped[str | None] = mapped_column(String(128), doc="The upstream's service_request_id.")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeviceConfig(Base):
+    """A desired configuration published to a device (zones per camera), kept as history."""
+
+    __tablename__ = "device_configs"
+    __table_args__ = (UniqueConstraint("device_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    version: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict[str, Any]] = mapped_column(JSON, doc="The curbwatch.config.v1 document sent.")
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_by: Mapped[str] = mapped_column(String(64))

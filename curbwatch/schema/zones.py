@@ -76,8 +76,8 @@ class EventCodeEntry(_Strict):
     )
 
 
-def _default_codes() -> dict[Violation, EventCodeEntry]:
-    # Defaults from the national standard's common codes; cities override them in the zone file.
+def default_event_codes() -> dict[Violation, EventCodeEntry]:
+    """The national standard's common codes for each violation (cities override them)."""
     return {
         Violation.ILLEGAL_PARKING: EventCodeEntry(
             code="0505", name="机动车乱停放 illegal motor-vehicle parking"
@@ -333,7 +333,7 @@ class ZoneFile(_Strict):
     )
     location: GeoPoint | None = Field(default=None, title="Location", description="Where the camera looks.")
     event_codes: dict[Violation, EventCodeEntry] = Field(
-        default_factory=_default_codes, title="Event codes", description="The city's event-code table."
+        default_factory=default_event_codes, title="Event codes", description="The city's event-code table."
     )
     zones: list[Zone] = Field(min_length=1, title="Zones")
 
@@ -352,7 +352,7 @@ class ZoneFile(_Strict):
     @field_validator("event_codes", mode="after")
     @classmethod
     def fill_codes(cls, value: dict[Violation, EventCodeEntry]) -> dict[Violation, EventCodeEntry]:
-        return {**_default_codes(), **value}
+        return {**default_event_codes(), **value}
 
     @model_validator(mode="after")
     def verify_zones(self) -> ZoneFile:
