@@ -9,16 +9,19 @@ with the audit entry. A refused action raises before anything is written.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curbwatch.server.audit import append_audit
-from curbwatch.server.cases import workflow
+from curbwatch.server.cases import deadlines, workflow
 from curbwatch.server.cases.workflow import Action, CaseState, CaseStatus, ClosureType, Outcome, Role
 from curbwatch.server.tables import Case
+
+if TYPE_CHECKING:
+    from curbwatch.server.config import CaseServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,36 @@ def case_state(case: Case) -> CaseState:
     )
 
 
+def _utc(at: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored here is UTC.
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def is_overdue(case: Case, at: datetime) -> bool:
+    """Past its deadline: still open after it, or closed after it."""
+    if case.deadline is None:
+        return False
+    deadline = _utc(case.deadline)
+    if case.closed_at is not None:
+        return _utc(case.closed_at) > deadline
+    return case.status != CaseStatus.VOID.value and at > deadline
+
+
+def _record_milestones(
+    case: Case, action: Action, after: CaseState, config: CaseServerConfig, at: datetime
+) -> None:
+    """Filing starts the handling clock; closing stops it; every return counts as rework."""
+    if action is Action.CONFIRM:
+        case.filed_at = at
+        limit = config.time_limits.limit_for(case.event_code)
+        # SQLite drops the offset without converting: store UTC only.
+        case.deadline = deadlines.deadline(at, limit, config.calendar).astimezone(UTC)
+    elif after.state is CaseStatus.CLOSED:
+        case.closed_at = at
+    elif action is Action.RETURN_FOR_REWORK:
+        case.rework_count = (case.rework_count or 0) + 1
+
+
 def _store_state(case: Case, state: CaseState, at: datetime) -> None:
     case.status = state.state.value
     case.suspended_from = state.suspended_from.value if state.suspended_from else None
@@ -62,6 +95,7 @@ def transition_case(
     department: str | None = None,
     outcome: Outcome | str | None = None,
     closure_type: ClosureType | str | None = None,
+    config: CaseServerConfig,
     at: datetime,
 ) -> Case:
     """Apply ``action`` to the stored case in the caller's transaction (which must commit it).
@@ -76,6 +110,7 @@ def transition_case(
         department: Handling department (dispatch only).
         outcome: Resolution class (close only).
         closure_type: Closure kind (close only).
+        config: The city configuration (handling time limits and calendar set the deadline at filing).
         at: When it happens; timezone-aware.
 
     Returns:
@@ -103,6 +138,7 @@ def transition_case(
         closure_type=ClosureType(closure_type) if closure_type is not None else None,
     )
     _store_state(case, after, at)
+    _record_milestones(case, step.action, after, config, at)
     details: dict[str, Any] = {
         name: value
         for name, value in (

@@ -14,10 +14,12 @@ from curbwatch.schema.events import EventV1
 from curbwatch.server.audit import verify_chain
 from curbwatch.server.cases.folding import FoldingConfig, FoldingError, fold_event
 from curbwatch.server.cases.service import transition_case
+from curbwatch.server.config import CaseServerConfig
 from curbwatch.server.tables import AuditLog, Case, CaseEvent
 from tests.server.factories import event_document
 
 T0 = datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
+CASE_CONFIG = CaseServerConfig()
 NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 CONFIG = FoldingConfig(attach_within_s=600)
 
@@ -162,7 +164,7 @@ def test_a_closed_or_void_case_is_not_reopened(session_factory: sessionmaker[Ses
     )
     for step in steps:
         with session_factory() as session, session.begin():
-            transition_case(session, case_id=case_id, actor="u-1", at=NOW, **step)
+            transition_case(session, config=CASE_CONFIG, case_id=case_id, actor="u-1", at=NOW, **step)
     # A late update of the closed case's own episode still belongs to it.
     late = EventV1.model_validate(
         {**first[1].model_dump(mode="json", by_alias=True), "event_id": uuid.uuid4().hex}

@@ -15,12 +15,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from curbwatch.schema.events import EventV1
 from curbwatch.server.audit import verify_chain
 from curbwatch.server.cases import workflow
+from curbwatch.server.cases.deadlines import deadline
 from curbwatch.server.cases.folding import FoldingConfig, fold_event
-from curbwatch.server.cases.service import CaseNotFound, case_state, transition_case
+from curbwatch.server.cases.service import CaseNotFound, case_state, is_overdue, transition_case
 from curbwatch.server.cases.workflow import Action, CaseState, Role
+from curbwatch.server.config import CaseServerConfig
 from curbwatch.server.tables import AuditLog, Case
 from tests.server.factories import event_document
 
+CONFIG = CaseServerConfig()
 NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
 
@@ -62,7 +65,7 @@ def test_each_step_of_the_happy_path_stores_its_state_and_one_audit_entry(
     for n, (step, expected) in enumerate(HAPPY_PATH, start=1):
         at = NOW + timedelta(minutes=n)
         with session_factory() as session, session.begin():
-            transition_case(session, case_id=case_id, actor=f"u-{n}", at=at, **step)
+            transition_case(session, config=CONFIG, case_id=case_id, actor=f"u-{n}", at=at, **step)
         case = stored(session_factory, case_id)
         assert case.status == expected
         assert case.updated_at.replace(tzinfo=UTC) == at
@@ -90,6 +93,7 @@ def test_reject_voids_the_case_with_its_reason(session_factory: sessionmaker[Ses
     with session_factory() as session, session.begin():
         transition_case(
             session,
+            config=CONFIG,
             case_id=case_id,
             action="reject",
             actor="op-1",
@@ -128,7 +132,9 @@ def test_a_refused_action_writes_nothing(
     before = stored(session_factory, case_id)
     # The transaction commits after the refusal: that shows nothing was staged either.
     with session_factory() as session, session.begin(), pytest.raises(getattr(workflow, error)):
-        transition_case(session, case_id=case_id, actor="u-1", at=NOW + timedelta(hours=1), **step)
+        transition_case(
+            session, config=CONFIG, case_id=case_id, actor="u-1", at=NOW + timedelta(hours=1), **step
+        )
     after = stored(session_factory, case_id)
     assert (after.status, after.department, after.updated_at) == (
         before.status,
@@ -140,7 +146,9 @@ def test_a_refused_action_writes_nothing(
 
 def test_an_unknown_case_is_reported(session_factory: sessionmaker[Session]) -> None:
     with session_factory() as session, pytest.raises(CaseNotFound):
-        transition_case(session, case_id="0" * 32, action="confirm", actor="u", role="operator", at=NOW)
+        transition_case(
+            session, config=CONFIG, case_id="0" * 32, action="confirm", actor="u", role="operator", at=NOW
+        )
 
 
 def _arguments(action: Action, well_formed: bool, noise: dict[str, Any]) -> dict[str, Any]:
@@ -200,12 +208,69 @@ def test_stored_state_is_a_replay_of_the_successful_actions(
         with session_factory() as session, session.begin():
             if refused is None:
                 transition_case(
-                    session, case_id=case_id, action=action, actor="prop", role=role, at=at, **arguments
+                    session,
+                    config=CONFIG,
+                    case_id=case_id,
+                    action=action,
+                    actor="prop",
+                    role=role,
+                    at=at,
+                    **arguments,
                 )
             else:
                 with pytest.raises(refused):
                     transition_case(
-                        session, case_id=case_id, action=action, actor="prop", role=role, at=at, **arguments
+                        session,
+                        config=CONFIG,
+                        case_id=case_id,
+                        action=action,
+                        actor="prop",
+                        role=role,
+                        at=at,
+                        **arguments,
                     )
     assert case_state(stored(session_factory, case_id)) == expected
     assert len(audit_rows(session_factory, case_id)) == successes + 1
+
+
+def test_filing_sets_the_deadline_from_the_code_limit_and_closing_stops_the_clock(
+    session_factory: sessionmaker[Session],
+) -> None:
+    case_id = new_case(session_factory)
+    code = stored(session_factory, case_id).event_code
+    limit = CONFIG.time_limits.limit_for(code)
+    for n, (step, _) in enumerate(HAPPY_PATH, start=1):
+        with session_factory() as session, session.begin():
+            transition_case(
+                session, config=CONFIG, case_id=case_id, actor="u", at=NOW + timedelta(hours=n), **step
+            )
+        if step["action"] == "confirm":
+            case = stored(session_factory, case_id)
+            filed = NOW + timedelta(hours=1)
+            assert case.filed_at.replace(tzinfo=UTC) == filed
+            assert case.deadline.replace(tzinfo=UTC) == deadline(filed, limit, CONFIG.calendar)
+    case = stored(session_factory, case_id)
+    assert case.closed_at.replace(tzinfo=UTC) == NOW + timedelta(hours=len(HAPPY_PATH))
+    assert is_overdue(case, NOW + timedelta(days=365)) == (
+        case.closed_at.replace(tzinfo=UTC) > case.deadline.replace(tzinfo=UTC)
+    )
+
+
+def test_open_case_past_its_deadline_is_overdue_and_rework_is_counted(
+    session_factory: sessionmaker[Session],
+) -> None:
+    case_id = new_case(session_factory)
+    steps = [
+        {"action": "confirm", "role": "operator"},
+        {"action": "dispatch", "role": "dispatcher", "department": "sanitation"},
+        {"action": "return_for_rework", "role": "dispatcher", "reason": "wrong department"},
+        {"action": "dispatch", "role": "dispatcher", "department": "traffic police"},
+    ]
+    for step in steps:
+        with session_factory() as session, session.begin():
+            transition_case(session, config=CONFIG, case_id=case_id, actor="u", at=NOW, **step)
+    case = stored(session_factory, case_id)
+    assert case.rework_count == 1
+    deadline_at = case.deadline.replace(tzinfo=UTC)
+    assert not is_overdue(case, deadline_at)
+    assert is_overdue(case, deadline_at + timedelta(seconds=1))
