@@ -238,18 +238,37 @@ def schema_export(
 @app.command("demo")
 def demo(
     seconds: Annotated[float, typer.Option(help="Scene time to render and watch.")] = 150.0,
-    workdir: Annotated[Path, typer.Option(help="Where the generated video, events and evidence go.")] = Path(
+    workdir: Annotated[Path, typer.Option(help="Where the database, video, events and evidence go.")] = Path(
         "build/demo"
     ),
+    port: Annotated[int, typer.Option(help="Port of the operator UI.")] = 8000,
+    edge_only: Annotated[
+        bool, typer.Option("--edge-only", help="Only the edge: print the events, start no server.")
+    ] = False,
 ) -> None:
-    """Render a street video from a real CCTV still, run the edge on it and print the events.
+    """Run the whole system on this machine: a camera on a street, the server and the operator UI.
 
-    Example:
-        curbwatch demo --seconds 150
+    An embedded MQTT broker, the ingest worker and the web server start; the real edge pipeline
+    watches a street video rendered from a real CCTV still and its events become cases in the
+    browser. The URL and the demo sign-ins are printed; Ctrl-C stops everything.
+
+    Examples:
+        curbwatch demo
+        curbwatch demo --port 8080 --seconds 300
+        curbwatch demo --edge-only --seconds 150
     """
-    from curbwatch.edge.demo import run_demo
+    if edge_only:
+        from curbwatch.edge.demo import run_demo
 
-    run_demo(workdir, seconds)
+        run_demo(workdir, seconds)
+        return
+    from curbwatch.demo import run_stack_demo
+    from curbwatch.stack import StackError
+
+    try:
+        run_stack_demo(workdir, seconds, http_port=port)
+    except StackError as exc:
+        _fail(str(exc))
 
 
 @app.command("broker")

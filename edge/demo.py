@@ -13,6 +13,7 @@ import json
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,7 +21,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from curbwatch.edge.app import REPO_ROOT, default_model_path, run_edge, shared_data_dir
-from curbwatch.edge.config import edge_config_from_dict
+from curbwatch.edge.config import EdgeConfig, edge_config_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -66,30 +67,54 @@ def _draw_passer_by(frame: np.ndarray, t: float) -> None:
     cv2.rectangle(frame, (x, 540), (x + 60, 600), (40, 40, 60), thickness=-1)
 
 
+def demo_edge_config(
+    workdir: Path,
+    video: Path,
+    *,
+    start_time: str = DEMO_START,
+    realtime: bool = False,
+    delivery: dict[str, Any] | None = None,
+) -> EdgeConfig:
+    """The demo edge box: one camera on ``video`` with the demo kerb zones, the real detector.
+
+    Args:
+        workdir: Where events, evidence, the detection log and the outbox go.
+        video: The rendered street.
+        start_time: Wall time of the video's first frame (frame timestamps count from it).
+        realtime: Pace the video at its frame rate, as a live camera would arrive.
+        delivery: An ``edge.yaml`` ``delivery`` section to send events to a server.
+    """
+    document: dict[str, Any] = {
+        "version": 1,
+        "device_id": "edge-demo",
+        "detector": {"model_path": str(default_model_path())},
+        "evidence": {"root": str(workdir / "evidence")},
+        "output": {"events": str(workdir / "events.jsonl"), "detlog_dir": str(workdir / "detlog")},
+        "cameras": [
+            {
+                "id": "demo-kerb",
+                "source": {"url": str(video), "start_time": start_time, "realtime": realtime},
+                "zones": str(DEMO_ZONES),
+            }
+        ],
+    }
+    if delivery is not None:
+        document["delivery"] = delivery
+    return edge_config_from_dict(document, base_dir=Path.cwd())
+
+
+def demo_still() -> Path:
+    """The real CCTV still the demo street is rendered from."""
+    return shared_data_dir() / "frigate-cctv" / "ground-plane.jpg"
+
+
 def run_demo(workdir: Path, seconds: float) -> int:
     """Render the video, run the edge on it and print the events; returns the number of events."""
     console = Console(stderr=True)
-    still = shared_data_dir() / "frigate-cctv" / "ground-plane.jpg"
-    video = render_street_video(still, workdir / "street.mp4", seconds)
+    video = render_street_video(demo_still(), workdir / "street.mp4", seconds)
     events_path = workdir / "events.jsonl"
     events_path.unlink(missing_ok=True)
-    config = edge_config_from_dict(
-        {
-            "version": 1,
-            "device_id": "edge-demo",
-            "detector": {"model_path": str(default_model_path())},
-            "evidence": {"root": str(workdir / "evidence")},
-            "output": {"events": str(events_path), "detlog_dir": str(workdir / "detlog")},
-            "cameras": [
-                {
-                    "id": "demo-kerb",
-                    "source": {"url": str(video), "start_time": DEMO_START},
-                    "zones": str(DEMO_ZONES),
-                }
-            ],
-        },
-        base_dir=Path.cwd(),
-    )
+    config = demo_edge_config(workdir, video)
     console.print(f"[bold]curbwatch demo[/]: watching {video} ({seconds:.0f} s of scene time)")
     reports = run_edge(config)
     lines = events_path.read_text(encoding="utf-8").splitlines() if events_path.exists() else []

@@ -34,11 +34,11 @@ class GridConfig(_Strict):
     cell_m: float = Field(default=100.0, gt=0, title="Cell size", description="Side of a cell in metres.")
 
     def cell_of(self, lat: float, lon: float) -> str:
-        """The cell id ``row-col`` holding (lat, lon); rows go north, columns east."""
+        """The cell id ``r<row>c<col>`` holding (lat, lon); rows count north, columns east."""
         row = math.floor((lat - self.origin_lat) * METRES_PER_DEGREE_LAT / self.cell_m)
         metres_per_degree_lon = METRES_PER_DEGREE_LAT * math.cos(math.radians(self.origin_lat))
         col = math.floor((lon - self.origin_lon) * metres_per_degree_lon / self.cell_m)
-        return f"{row}-{col}"
+        return f"r{row}c{col}"
 
 
 def _default_limits() -> TimeLimitTable:

@@ -54,11 +54,14 @@ class ServerSettings(BaseSettings):
         title="Worker name",
         description="Stable per worker: it names the MQTT client id and so the broker session.",
     )
-    share_group: str = Field(
+    share_group: str | None = Field(
         default="curbwatch-ingest",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         title="Share group",
-        description="Workers in one share group split the devices' messages between them.",
+        description=(
+            "Workers in one share group split the devices' messages between them. None subscribes "
+            "plainly, for a single worker on a broker without shared subscriptions (the embedded one)."
+        ),
     )
     session_expiry_s: int = Field(
         default=24 * 3600,
@@ -110,6 +113,12 @@ class ServerSettings(BaseSettings):
         default="http://127.0.0.1:8000",
         title="Public URL",
         description="How the outside world reaches this server; Open311 media_url links start with it.",
+    )
+    evidence_link_max_age_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        title="Evidence link lifetime",
+        description="Signed evidence links given to other platforms (Open311 media_url) expire after this.",
     )
     session_max_age_s: int = Field(
         default=8 * 3600, ge=60, title="Session lifetime", description="A sign-in lasts this long."
