@@ -9,7 +9,7 @@ export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 export YOLO_CONFIG_DIR := $(CURDIR)/$(BUILD)/ultralytics
 
-.PHONY: setup test test-fast bench bench-delivery lint demo schemas clean
+.PHONY: setup test test-fast bench bench-delivery bench-training lint demo schemas clean
 
 setup: $(STAMP)
 
@@ -32,11 +32,15 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not train"
 
 bench: setup
-	$(BIN)/python -m tools.bench && $(BIN)/python -m tools.bench_delivery
+	$(BIN)/python -m tools.bench && $(BIN)/python -m tools.bench_delivery && $(BIN)/python -m tools.bench_training
 
 # Delivery only: private Mosquitto, SQLite and PostgreSQL (127.0.0.1:5432); about 7 minutes on 2 cores.
 bench-delivery: setup
 	$(BIN)/python -m tools.bench_delivery
+
+# Retraining loop and INT8 vs FP32 only (trains a small detector on the CPU); about 15 minutes on 2 cores.
+bench-training: setup
+	$(BIN)/python -m tools.bench_training
 
 lint: setup
 	$(BIN)/ruff check .

@@ -15,6 +15,8 @@ import typer
 
 from curbwatch.schema.yamlio import ConfigError
 from curbwatch.server.cli import audit_app, devices_app, server_app, users_app
+from curbwatch.training.cli import train_app
+from curbwatch.training.registry_cli import models_app
 
 app = typer.Typer(no_args_is_help=True, help="curbwatch: street-violation detection from city cameras.")
 edge_app = typer.Typer(no_args_is_help=True, help="Run and check the edge runtime.")
@@ -27,6 +29,8 @@ app.add_typer(server_app, name="server")
 app.add_typer(devices_app, name="devices")
 app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
+app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"

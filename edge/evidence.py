@@ -217,6 +217,21 @@ class EvidenceWriter:
         stem = f"{round(event.ts * 1000)}-{event.type.value}"
         return self._store(folder, stem, images)
 
+    def write_snapshot(self, frame: Frame, people: tuple[Track, ...], name: str) -> EvidenceRefV1:
+        """Store one shareable image of ``frame`` (privacy masks applied): heads and faces blurred.
+
+        For images asked of the camera outside any event (a check); stored under
+        ``<camera>/<YYYY-MM-DD>/snapshots/<ts-ms>-<name>.jpg``.
+
+        Args:
+            frame: The frame, privacy masks applied.
+            people: Person boxes in it, whose heads are blurred (faces the cascade finds are too).
+            name: Distinguishes the file (e.g. the command's correlation id).
+        """
+        blurred = _Image(EvidenceRole.ANNOTATED, name, self._faces.blur(frame.image, people))
+        folder = Path(frame.camera_id) / _day(frame.ts) / "snapshots"
+        return self._store(folder, str(round(frame.ts * 1000)), [blurred])[0]
+
     def _crop(self, image: np.ndarray, xyxy: tuple[float, float, float, float]) -> np.ndarray | None:
         height, width = image.shape[:2]
         x1, y1, x2, y2 = xyxy

@@ -210,6 +210,26 @@ class Outbox:
                 raise _Rollback(result)
         return result
 
+    def put_evidence(self, sha256: str, path: Path) -> PutResult:
+        """Queue an image that belongs to no event (a check snapshot); never dropped under the cap.
+
+        Raises:
+            OutboxError: The file is unreadable or over the evidence size limit.
+        """
+        size = _image_size(path)
+        if size is None:
+            raise OutboxError(f"evidence {path} cannot be sent")
+        with self._transaction(durable=True):
+            self._db.execute(
+                "INSERT INTO item (kind, ref, priority, path, size) VALUES (?, ?, ?, ?, ?)",
+                (ItemKind.EVIDENCE.value, sha256, Priority.KEEP, str(path), size),
+            )
+            result = self._enforce_cap(refusable=False)
+        if result is PutResult.STORED_OVER_CAP:
+            self.stats.stored_over_cap += 1
+            logger.error("outbox over its cap: kept snapshot %s anyway; the link is down too long", sha256)
+        return result
+
     def lease(self, limit: int, after: int = 0) -> list[OutboxItem]:
         """Up to ``limit`` events and evidence images with row id above ``after``, oldest first.
 

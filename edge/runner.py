@@ -1,7 +1,8 @@
 """Runs every camera of an edge box, each in its own thread, sharing one detector.
 
 A camera that fails (bad zone file, unreadable video, repeated stage errors) stops alone with
-a clear reason; the others keep running. Live sources reconnect by themselves.
+a clear reason; the others keep running. Live sources reconnect by themselves. Each camera's last
+frame is kept, so the server can ask for a fresh image (``edge/commands.py``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
+
 from curbwatch.edge.config import CameraConfig, EdgeConfig
 from curbwatch.edge.detect.batching import BatchingDetector
 from curbwatch.edge.detect.onnx import OnnxDetector
 from curbwatch.edge.events import EventBuilder
 from curbwatch.edge.evidence import EvidenceWriter
+from curbwatch.edge.messages import Detections, Frame
 from curbwatch.edge.pipeline import CameraPipeline, PipelineParts, PipelineStats, open_detlog
 from curbwatch.edge.sinks import EventSink
 from curbwatch.edge.sources import CameraStatus, SourceError, SourceReadError, open_source
+from curbwatch.edge.zones import ZoneSet
 from curbwatch.schema.events import ModelRefV1
 from curbwatch.schema.yamlio import ConfigError
 from curbwatch.schema.zones import ZoneFile, load_zone_file
@@ -79,6 +84,7 @@ class EdgeRunner:
         self._pipelines: dict[str, CameraPipeline] = {}
         self.reports = {camera.id: CameraReport(camera.id) for camera in config.cameras if camera.enabled}
         self._zone_overrides: dict[str, ZoneFile] = {}  # remote zone files, also for cameras not yet started
+        self._latest: dict[str, tuple[Frame, ZoneFile]] = {}  # per camera: last frame, zones in force
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -104,6 +110,24 @@ class EdgeRunner:
 
     def set_thresholds(self, score_threshold: float, class_thresholds: dict[str, float]) -> None:
         self._detector.set_thresholds(score_threshold, class_thresholds)
+
+    @property
+    def evidence(self) -> EvidenceWriter:
+        """The evidence store the cameras write to."""
+        return self._evidence
+
+    def latest_frame(self, camera_id: str) -> Frame | None:
+        """The camera's last frame with its privacy masks applied; None before its first frame."""
+        latest = self._latest.get(camera_id)
+        if latest is None:
+            return None
+        frame, zone_file = latest
+        image = ZoneSet(zone_file, frame.resolution_wh).apply_privacy_masks(frame.image)
+        return Frame(frame.camera_id, frame.ts, image, frame.index)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Detect in one image outside the camera loops (the unbatched detector: it outlives ``run``)."""
+        return self._detector.detect(image)
 
     def stop(self) -> None:
         self._stop.set()
@@ -168,6 +192,7 @@ class EdgeRunner:
                     if frame is None:
                         report.outcome = CameraOutcome.ENDED
                         break
+                    self._latest[camera.id] = (frame, self._zone_overrides.get(camera.id, zone_file))
                     try:
                         events = pipeline.process(frame)
                         errors_in_a_row = 0

@@ -1,8 +1,9 @@
-"""The edge box's link to the server: durable outbox, MQTT publisher and remote configuration.
+"""The edge box's link to the server: durable outbox, MQTT publisher, remote configuration and commands.
 
 Events go into the outbox (SQLite, WAL) as they are produced; the publisher sends them and
 deletes them only when the server acknowledges its commit. The retained desired configuration
-is validated and applied to the running cameras, and what was applied is reported back.
+is validated and applied to the running cameras, and what was applied is reported back. Commands
+(``edge/commands.py``) are carried out one at a time off the network thread, and answered.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from curbwatch.edge.commands import Commands
 from curbwatch.edge.config import DeliveryConfig
 from curbwatch.edge.outbox import Outbox, OutboxSink
 from curbwatch.edge.publisher import DeviceMetrics, Publisher
@@ -46,6 +49,9 @@ class Uplink:
         self.publisher = Publisher(mqtt, self.outbox, metrics_provider=self._metrics)
         self._runner: EdgeRunner | None = None
         self.remote: RemoteConfig | None = None
+        self.commands: Commands | None = None
+        # One at a time, off paho's thread: a snapshot runs the detector and writes a file.
+        self._command_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commands")
         self._config_seen = threading.Event()
 
     def start(self, runner: EdgeRunner) -> None:
@@ -53,7 +59,9 @@ class Uplink:
         mqtt = self._config.mqtt
         self._runner = runner
         self.remote = RemoteConfig(runner, mqtt.device_id, mqtt.key_bytes())
+        self.commands = Commands(runner, self.outbox, mqtt.key_bytes())
         self.publisher.subscribe(topic(mqtt.device_id, Channel.CONFIG_DESIRED), self._on_desired_config)
+        self.publisher.subscribe(topic(mqtt.device_id, Channel.COMMAND), self._on_command)
         self.publisher.start()
         self._await_server_config()
 
@@ -70,6 +78,7 @@ class Uplink:
 
     def stop(self) -> None:
         """Give the outbox a moment to drain, then disconnect; the rest goes at the next start."""
+        self._command_worker.shutdown(wait=True)  # a snapshot being taken still goes out
         if self._runner is not None:
             if not self.publisher.flush(self._config.flush_on_stop_s):
                 logger.warning("%d messages stay in the outbox for the next start", self.outbox.depth())
@@ -86,6 +95,19 @@ class Uplink:
             qos=1,
             retain=True,
         )
+
+    def _on_command(self, _topic: str, payload: bytes) -> None:
+        self._command_worker.submit(self._answer, payload)
+
+    def _answer(self, payload: bytes) -> None:
+        assert self.commands is not None  # subscribed in start(), after commands is set
+        result = self.commands.handle(payload)
+        if result is not None:
+            self.publisher.publish(
+                topic(self._config.mqtt.device_id, Channel.COMMAND_RESULT),
+                result.model_dump_json(by_alias=True).encode(),
+                qos=1,
+            )
 
     def _metrics(self) -> DeviceMetrics:
         if self._runner is None:

@@ -133,6 +133,75 @@ def _lock_chain(session: Session) -> None:
         session.execute(text("UPDATE audit_log SET id = id WHERE 1 = 0"))
 
 
+@dataclass(frozen=True)
+class AuditDraft:
+    """An entry waiting for its place in the chain (id and hashes are given when it is appended)."""
+
+    case_id: str | None
+    action: str
+    actor: str
+    role: str
+    at: datetime
+    from_state: str | None
+    to_state: str | None
+    reason: str | None = None
+    details: dict[str, Any] | None = None
+
+
+def _checked_fields(draft: AuditDraft) -> dict[str, Any]:
+    if draft.at.tzinfo is None:
+        raise AuditError("audit time must be timezone-aware")
+    details = draft.details
+    if details is not None:
+        try:
+            # Hash what the database will give back: a JSON round trip of the details.
+            details = json.loads(json.dumps(details))
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"audit details are not JSON: {exc}") from exc
+    return {
+        "case_id": draft.case_id,
+        "action": draft.action,
+        "actor": draft.actor,
+        "role": draft.role,
+        "at": _utc(draft.at),
+        "from_state": draft.from_state,
+        "to_state": draft.to_state,
+        "reason": draft.reason,
+        "details": details,
+    }
+
+
+def append_audit_entries(session: Session, drafts: list[AuditDraft]) -> list[AuditEntry]:
+    """Append entries to the chain, in order, inside the caller's transaction (which must commit them).
+
+    One chain lock and one read of the head for the lot: an ingest batch that opens hundreds of
+    cases pays for the chain once.
+
+    Raises:
+        AuditError: An ``at`` is naive, or some ``details`` are not JSON-serialisable; nothing is added.
+    """
+    checked = [_checked_fields(draft) for draft in drafts]
+    if not checked:
+        return []
+    _lock_chain(session)
+    head = session.execute(
+        select(AuditLog.id, AuditLog.entry_hash).order_by(AuditLog.id.desc()).limit(1)
+    ).first()
+    entry_id, prev_hash = (head.id + 1, head.entry_hash) if head else (1, GENESIS_HASH)
+    entries: list[AuditEntry] = []
+    for fields in checked:
+        fields["prev_hash"] = prev_hash
+        entry = AuditLog(id=entry_id, entry_hash=entry_hash(entry_id=entry_id, **fields), **fields)
+        entries.append(entry)
+        logger.debug(
+            "audit %s: %s by %s on %s", entry_id, fields["action"], fields["actor"], fields["case_id"]
+        )
+        entry_id, prev_hash = entry_id + 1, entry.entry_hash
+    session.add_all(entries)
+    session.flush()
+    return entries
+
+
 def append_audit(
     session: Session,
     *,
@@ -151,37 +220,8 @@ def append_audit(
     Raises:
         AuditError: ``at`` is naive, or ``details`` is not JSON-serialisable.
     """
-    if at.tzinfo is None:
-        raise AuditError("audit time must be timezone-aware")
-    at = _utc(at)
-    if details is not None:
-        try:
-            # Hash what the database will give back: a JSON round trip of the details.
-            details = json.loads(json.dumps(details))
-        except (TypeError, ValueError) as exc:
-            raise AuditError(f"audit details are not JSON: {exc}") from exc
-    _lock_chain(session)
-    head = session.execute(
-        select(AuditLog.id, AuditLog.entry_hash).order_by(AuditLog.id.desc()).limit(1)
-    ).first()
-    entry_id, prev_hash = (head.id + 1, head.entry_hash) if head else (1, GENESIS_HASH)
-    fields: dict[str, Any] = {
-        "case_id": case_id,
-        "action": action,
-        "actor": actor,
-        "role": role,
-        "at": at,
-        "from_state": from_state,
-        "to_state": to_state,
-        "reason": reason,
-        "details": details,
-        "prev_hash": prev_hash,
-    }
-    entry = AuditLog(id=entry_id, entry_hash=entry_hash(entry_id=entry_id, **fields), **fields)
-    session.add(entry)
-    session.flush()
-    logger.debug("audit %s: %s by %s (%s) on %s", entry_id, action, actor, role, case_id)
-    return entry
+    draft = AuditDraft(case_id, action, actor, role, at, from_state, to_state, reason, details)
+    return append_audit_entries(session, [draft])[0]
 
 
 def _check_entry(row: AuditLog, previous: AuditLog | None) -> list[AuditProblem]:

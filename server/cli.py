@@ -70,12 +70,15 @@ def ingest_command(
         curbwatch server ingest --worker b   # a second worker shares the load
     """
     from curbwatch.server.db import make_engine, make_session_factory
-    from curbwatch.server.ingest import IngestWorker
+    from curbwatch.server.ingest import IngestError, IngestWorker
 
     settings = _settings(database_url, worker_name=worker)
     engine = make_engine(settings.database_url)
     try:
         IngestWorker(settings, make_session_factory(engine)).run_until_stopped()
+    except IngestError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     finally:
         engine.dispose()
 
@@ -107,6 +110,70 @@ def web_command(
         raise typer.Exit(2) from None
     try:
         uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
+    finally:
+        engine.dispose()
+
+
+@server_app.command("forward")
+def forward_command(
+    database_url: DatabaseOption = None,
+    once: Annotated[bool, typer.Option("--once", help="Send what is due now, then exit.")] = False,
+    poll_s: Annotated[float, typer.Option(min=0.1, help="Seconds between rounds when idle.")] = 5.0,
+) -> None:
+    """Forward filed cases to the upstream Open311 platforms of the case config, with retries.
+
+    Examples:
+        CURBWATCH_CASE_CONFIG=city.yaml curbwatch server forward
+        curbwatch server forward --once   # e.g. from cron
+    """
+    import signal
+    import threading
+
+    import httpx
+
+    from curbwatch.schema.yamlio import ConfigError
+    from curbwatch.server.config import load_case_config
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.device_link import MqttDevicePublisher
+    from curbwatch.server.evidence import EvidenceStore
+    from curbwatch.server.open311.forwarding import ForwardingWorker
+    from curbwatch.server.web.api.evidence import evidence_link
+    from curbwatch.server.web.context import AppContext, load_secret_key, utc_now
+
+    settings = _settings(database_url)
+    try:
+        config = load_case_config(settings.case_config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    # The same context the web app builds, so media links are signed with the deployment's key.
+    context = AppContext(
+        settings=settings,
+        config=config,
+        session_factory=factory,
+        evidence=EvidenceStore(settings.evidence_dir),
+        secret_key=load_secret_key(settings.secret_key_file),
+        publisher=MqttDevicePublisher(settings),
+    )
+    try:
+        with httpx.Client(headers={"User-Agent": "curbwatch-forwarder"}) as client:
+            worker = ForwardingWorker(
+                factory,
+                config,
+                client,
+                media_link=lambda sha256: evidence_link(context, sha256, signed=True),
+                clock=utc_now,
+                poll_interval_s=poll_s,
+            )
+            if once:
+                typer.echo(str(worker.run_once(utc_now())))
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            worker.run_forever(stop)
     finally:
         engine.dispose()
 

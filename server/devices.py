@@ -1,4 +1,5 @@
-"""Device registry: which edge boxes may send, their HMAC keys, and their last health report."""
+"""Device registry: which edge boxes may send, their HMAC keys, their last health report and the
+configuration they last reported applying."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from curbwatch.schema.protocol import DEVICE_ID_PATTERN, HeartbeatV1, StatusV1
+from curbwatch.schema.protocol import DEVICE_ID_PATTERN, HeartbeatV1, ReportedConfigV1, StatusV1
 from curbwatch.server.tables import Device
 
 KEY_BYTES = 32
@@ -72,3 +73,15 @@ def record_heartbeat(session: Session, heartbeat: HeartbeatV1, *, received_at: d
     device = _device(session, heartbeat.device_id)
     device.last_heartbeat = heartbeat.model_dump(mode="json", by_alias=True)
     device.last_heartbeat_at = received_at
+
+
+def record_reported_config(session: Session, report: ReportedConfigV1) -> None:
+    """Store which configuration a device runs, and why it refused the last one if it did.
+
+    The time stored is the report's own: the report is retained, so it may arrive long after it was
+    made (a worker subscribing anew gets every device's last one). The caller commits.
+    """
+    device = _device(session, report.device_id)
+    device.reported_config_version = report.applied_version
+    device.reported_config_error = report.error
+    device.reported_config_at = report.ts

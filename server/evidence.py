@@ -21,6 +21,14 @@ class EvidenceHashError(EvidenceStoreError):
     """Bytes do not hash to the sha256 they claim."""
 
 
+class EvidenceNotFound(EvidenceStoreError):
+    """No image is stored under the sha256."""
+
+
+class EvidenceOutsideStore(EvidenceStoreError):
+    """The image's path resolves outside the store root (a symbolic link pointing out of it)."""
+
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -57,9 +65,28 @@ class EvidenceStore:
         os.replace(temp, target)
         return relative
 
+    def path_of(self, sha256: str) -> Path:
+        """The stored file of ``sha256``, resolved, and never outside the store root.
+
+        Links are followed before the check, so a link inside the store that points out of it
+        (or a linked folder on the way) is refused rather than served.
+
+        Raises:
+            EvidenceStoreError: ``sha256`` is not a lower-case hex sha256.
+            EvidenceOutsideStore: The path resolves outside the root.
+            EvidenceNotFound: Nothing is stored under ``sha256``.
+        """
+        root = self.root.resolve()
+        path = (root / self.relative_path(sha256)).resolve()
+        if not path.is_relative_to(root):
+            raise EvidenceOutsideStore(f"evidence {sha256} resolves outside the store")
+        if not path.is_file():
+            raise EvidenceNotFound(f"no evidence {sha256}")
+        return path
+
     def read(self, sha256: str) -> bytes:
-        """The stored bytes, checked against their hash."""
-        data = (self.root / self.relative_path(sha256)).read_bytes()
+        """The stored bytes, checked against their hash (see :meth:`path_of` for the other errors)."""
+        data = self.path_of(sha256).read_bytes()
         if hashlib.sha256(data).hexdigest() != sha256:
             raise EvidenceHashError(f"stored evidence {sha256} is corrupt")
         return data

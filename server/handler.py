@@ -7,7 +7,12 @@ become durable at one commit, and only then are acknowledged.
 
 A batch is checked message by message, then its events go to the database together
 (:func:`~curbwatch.server.event_writer.write_events`): the per-message work is parsing, one HMAC
-and two pydantic validations, with no database round trip.
+and two pydantic validations, with no database round trip. Every newly stored event is then
+folded into its case (:func:`~curbwatch.server.cases.folding.fold_events`), in batch order and in
+the same transaction, so an event is never stored without its case, nor the other way round.
+
+Besides events and evidence the worker files what devices report: status, heartbeats, the
+configuration they applied, and their answers to check commands (:mod:`~curbwatch.server.cases.checks`).
 """
 
 from __future__ import annotations
@@ -30,20 +35,28 @@ from curbwatch.schema.protocol import (
     AckItemV1,
     AckStatus,
     Channel,
+    CommandResultV1,
     EnvelopeV1,
     HeartbeatV1,
+    ReportedConfigV1,
     StatusV1,
     parse_topic,
     verify,
 )
-from curbwatch.server.devices import device_key, record_heartbeat, record_status
-from curbwatch.server.event_writer import Verdict, write_events
+from curbwatch.server.cases.checks import UnknownCheck, record_command_result
+from curbwatch.server.cases.folding import fold_events
+from curbwatch.server.config import CaseServerConfig
+from curbwatch.server.devices import device_key, record_heartbeat, record_reported_config, record_status
+from curbwatch.server.event_writer import Decision, Verdict, write_events
 from curbwatch.server.evidence import EvidenceHashError, EvidenceStore, EvidenceStoreError
 from curbwatch.server.tables import DEAD_LETTER_PAYLOAD_CAP, DeadLetter, Device, Evidence
 
 logger = logging.getLogger(__name__)
 
 TOPIC_CAP = 255
+REPORT_CHANNELS = frozenset(
+    {Channel.STATUS, Channel.HEARTBEAT, Channel.CONFIG_REPORTED, Channel.COMMAND_RESULT}
+)
 
 
 class RejectReason(StrEnum):
@@ -59,6 +72,7 @@ class RejectReason(StrEnum):
     REPLAYED_SEQ = "replayed_seq"
     EVENT_ID_CONFLICT = "event_id_conflict"  # known event_id under another device or seq
     HASH_MISMATCH = "hash_mismatch"
+    UNKNOWN_CHECK = "unknown_check"  # a command result whose correlation id is no check of the device
     INTERNAL_ERROR = "internal_error"  # the database refused it repeatedly; kept for a human
 
 
@@ -66,7 +80,7 @@ class Result(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
-    RECORDED = "recorded"  # status and heartbeat: stored, never acknowledged
+    RECORDED = "recorded"  # status, heartbeat, reported config, command result: never acknowledged
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,7 @@ class _CheckedEvent:
 
     device_id: str
     message: ReceivedMessage
+    event: EventV1
     row: dict[str, Any]
 
 
@@ -138,12 +153,14 @@ class MessageHandler:
 
     Args:
         store: Where evidence bytes go; written before the caller commits.
+        config: The city configuration: how events fold into cases, and the grid of new cases.
         max_payload_bytes: Messages above this are refused unread (events also obey
             ``MAX_ENVELOPE_BYTES`` and evidence ``MAX_EVIDENCE_BYTES``).
     """
 
-    def __init__(self, store: EvidenceStore, *, max_payload_bytes: int) -> None:
+    def __init__(self, store: EvidenceStore, config: CaseServerConfig, *, max_payload_bytes: int) -> None:
         self.store = store
+        self.config = config
         self.max_payload_bytes = max_payload_bytes
 
     def handle(self, session: Session, message: ReceivedMessage, updates: DeviceUpdates) -> Outcome:
@@ -156,7 +173,7 @@ class MessageHandler:
         """Store or dead-letter each message in ``session``; one outcome per message, in order.
 
         A later copy of an event in the same batch is a duplicate of the earlier one, exactly
-        as if each message had its own transaction.
+        as if each message had its own transaction. Each stored event is folded into its case.
         """
         keys: dict[str, bytes | None] = {}  # device keys, read once per batch
         outcomes: list[Outcome | None] = []
@@ -171,7 +188,17 @@ class MessageHandler:
         decisions = write_events(session, [event.row for _, event in checked])
         for (index, event), decision in zip(checked, decisions, strict=True):
             outcomes[index] = self._decided(session, event, decision.verdict, decision.detail, updates)
+        self._fold(session, [event for _, event in checked], decisions)
         return [outcome for outcome in outcomes if outcome is not None]
+
+    def _fold(self, session: Session, events: list[_CheckedEvent], decisions: list[Decision]) -> None:
+        """Fold the newly stored events into cases, in batch order (an episode's start opens its case)."""
+        arrivals = [
+            (checked.event, checked.message.received_at)
+            for checked, decision in zip(events, decisions, strict=True)
+            if decision.verdict is Verdict.STORED
+        ]
+        fold_events(session, arrivals, config=self.config.folding, grid=self.config.grid)
 
     def _check(
         self, session: Session, message: ReceivedMessage, keys: dict[str, bytes | None]
@@ -188,7 +215,7 @@ class MessageHandler:
                 return self._event(session, device_id, message, keys)
             if channel is Channel.EVIDENCE:
                 return self._evidence(session, device_id, sha256 or "", message, keys)
-            return self._health(session, device_id, channel, message, keys)
+            return self._report(session, device_id, channel, message, keys)
         except _Rejected as rejected:
             return self._dead_letter(session, device_id, message, rejected)
 
@@ -269,7 +296,7 @@ class MessageHandler:
             raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
         if not envelope.device_id == event.device_id == device_id or event.event_id != envelope.message_id:
             raise _Rejected(RejectReason.ID_MISMATCH, "topic, envelope and event disagree", ack)
-        return _CheckedEvent(device_id, message, _event_row(envelope, event, message))
+        return _CheckedEvent(device_id, message, event, _event_row(envelope, event, message))
 
     def _evidence(
         self,
@@ -308,7 +335,7 @@ class MessageHandler:
             Result.STORED, device_id, AckItemV1(kind="evidence", id=sha256, status=AckStatus.STORED)
         )
 
-    def _health(
+    def _report(
         self,
         session: Session,
         device_id: str,
@@ -316,21 +343,32 @@ class MessageHandler:
         message: ReceivedMessage,
         keys: dict[str, bytes | None],
     ) -> Outcome:
-        if channel not in (Channel.STATUS, Channel.HEARTBEAT):
+        """A device's status, heartbeat, applied configuration or command result: recorded, no ack."""
+        if channel not in REPORT_CHANNELS:
             raise _Rejected(RejectReason.BAD_TOPIC, f"channel {channel.value} is not ingested")
         raw = _json_object(message.payload)
         self._known_device(session, device_id, keys)
+        at = message.received_at
         try:
             if channel is Channel.STATUS:
                 status = StatusV1.model_validate(raw)
                 _same_device(status.device_id, device_id)
-                record_status(session, status, received_at=message.received_at)
-            else:
+                record_status(session, status, received_at=at)
+            elif channel is Channel.HEARTBEAT:
                 heartbeat = HeartbeatV1.model_validate(raw)
                 _same_device(heartbeat.device_id, device_id)
-                record_heartbeat(session, heartbeat, received_at=message.received_at)
+                record_heartbeat(session, heartbeat, received_at=at)
+            elif channel is Channel.CONFIG_REPORTED:
+                report = ReportedConfigV1.model_validate(raw)
+                _same_device(report.device_id, device_id)
+                record_reported_config(session, report)
+            else:
+                # The result names no device: the check it answers must be one asked of this one.
+                record_command_result(session, device_id, CommandResultV1.model_validate(raw), at)
         except ValidationError as exc:
             raise _Rejected(RejectReason.SCHEMA, _errors(exc)) from None
+        except UnknownCheck as exc:
+            raise _Rejected(RejectReason.UNKNOWN_CHECK, str(exc)) from None
         return Outcome(Result.RECORDED, device_id)
 
 

@@ -32,13 +32,22 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from curbwatch.schema.protocol import AckItemV1, AckV1, Channel, subscription, topic
+from curbwatch.schema.yamlio import ConfigError
+from curbwatch.server.config import load_case_config
 from curbwatch.server.evidence import EvidenceStore
 from curbwatch.server.handler import DeviceUpdates, MessageHandler, Outcome, ReceivedMessage, RejectReason
 from curbwatch.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-INGESTED_CHANNELS = (Channel.EVENT, Channel.EVIDENCE, Channel.STATUS, Channel.HEARTBEAT)
+INGESTED_CHANNELS = (
+    Channel.EVENT,
+    Channel.EVIDENCE,
+    Channel.STATUS,
+    Channel.HEARTBEAT,
+    Channel.CONFIG_REPORTED,
+    Channel.COMMAND_RESULT,
+)
 ACK_ITEMS_PER_MESSAGE = 200  # keeps an AckV1 far below the broker's packet limit
 ACK_PUBLISH_WAIT_S = 0.5
 ACK_INFLIGHT = 100
@@ -65,8 +74,11 @@ class IngestWorker:
     """One ingest worker process' MQTT consumer and database writer.
 
     Args:
-        settings: Broker, share group, client id and batching.
+        settings: Broker, share group, client id, batching and the city configuration file.
         session_factory: Makes database sessions; migrations must have run.
+
+    Raises:
+        IngestError: The city configuration (``settings.case_config``) is unreadable or invalid.
 
     Example:
         >>> worker = IngestWorker(get_settings(), make_session_factory(make_engine(url)))
@@ -76,8 +88,12 @@ class IngestWorker:
     def __init__(self, settings: ServerSettings, session_factory: sessionmaker[Session]) -> None:
         self.settings = settings
         self.session_factory = session_factory
+        try:
+            config = load_case_config(settings.case_config)
+        except ConfigError as exc:
+            raise IngestError(f"case configuration {settings.case_config}: {exc}") from exc
         self.handler = MessageHandler(
-            EvidenceStore(settings.evidence_dir), max_payload_bytes=settings.max_payload_bytes
+            EvidenceStore(settings.evidence_dir), config, max_payload_bytes=settings.max_payload_bytes
         )
         self.counters: Counter[str] = Counter()  # stored, duplicate, recorded and each reject reason
         self.batches = 0
@@ -322,6 +338,8 @@ def main() -> None:
     engine = make_engine(settings.database_url)
     try:
         IngestWorker(settings, make_session_factory(engine)).run_until_stopped()
+    except IngestError as exc:
+        raise SystemExit(f"ingest: {exc}") from None
     finally:
         engine.dispose()
 

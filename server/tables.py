@@ -100,6 +100,27 @@ class Evidence(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class EvidenceRef(Base):
+    """One event's reference to an evidence image, as the event document lists it.
+
+    The documents are JSON that no index covers; these rows answer "who may see this image" and
+    "which image is a case's thumbnail" with an index lookup. Written with the events, in the same
+    transaction (:func:`~curbwatch.server.event_writer.write_events`).
+    """
+
+    __tablename__ = "evidence_refs"
+    __table_args__ = (Index("ix_evidence_refs_sha256", "sha256"),)
+
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.event_id"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), doc="A curbwatch.schema.events.EvidenceRole value.")
+    restricted: Mapped[bool] = mapped_column(Boolean, doc="Shows faces and plates: supervisors and above.")
+    track_id: Mapped[int | None] = mapped_column(Integer, doc="The object a crop shows.")
+    camera_id: Mapped[str] = mapped_column(String(64))
+    device_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), doc="The event's frame time.")
+
+
 class DeadLetter(Base):
     """A message the server refused, with why; the count per reason is the rejection counter."""
 
@@ -145,10 +166,12 @@ class Case(Base):
 
     __tablename__ = "cases"
     __table_args__ = (
-        # Folding looks for the open case at a camera and zone; the review queue is oldest first.
+        # Folding looks for the open case at a camera and zone; every list is oldest first, the
+        # review queue and a camera's cases within their status or camera.
         Index("ix_cases_camera_id_zone_status", "camera_id", "zone", "status"),
         Index("ix_cases_status_created_at", "status", "created_at"),
         Index("ix_cases_camera_id_created_at", "camera_id", "created_at"),
+        Index("ix_cases_created_at_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, doc="uuid4 hex.")

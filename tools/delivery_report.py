@@ -64,19 +64,20 @@ def versions(postgres_admin_url: str | None) -> str:
     return ", ".join(parts)
 
 
-def replace_section(document: str, section: str) -> str:
-    """``document`` with the text between the delivery markers replaced (markers appended if absent)."""
-    block = f"{START_MARK}\n{section.rstrip()}\n{END_MARK}"
-    start, end = document.find(START_MARK), document.find(END_MARK)
+def replace_section(document: str, section: str, marks: tuple[str, str] = (START_MARK, END_MARK)) -> str:
+    """``document`` with the text between the markers (default: delivery's) replaced, or appended."""
+    start_mark, end_mark = marks
+    block = f"{start_mark}\n{section.rstrip()}\n{end_mark}"
+    start, end = document.find(start_mark), document.find(end_mark)
     if start != -1 and end > start:
-        return document[:start] + block + document[end + len(END_MARK) :]
+        return document[:start] + block + document[end + len(end_mark) :]
     return (document.rstrip() + "\n\n" if document.strip() else "") + block + "\n"
 
 
-def write_section(out: Path, section: str) -> None:
-    """Replace (or append) the delivery section of ``out``; the rest of the file is untouched."""
+def write_section(out: Path, section: str, marks: tuple[str, str] = (START_MARK, END_MARK)) -> None:
+    """Replace (or append) one section of ``out`` (default: delivery's); the rest of the file is untouched."""
     existing = out.read_text(encoding="utf-8") if out.exists() else ""
-    out.write_text(replace_section(existing, section), encoding="utf-8")
+    out.write_text(replace_section(existing, section, marks), encoding="utf-8")
 
 
 def _mark(ok: bool) -> str:

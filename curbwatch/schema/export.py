@@ -15,7 +15,7 @@ def _dump(schema: dict[str, Any]) -> str:
 
 
 def render_schemas() -> dict[str, str]:
-    """File name -> schema text. The edge config's schema is included when the edge extra is installed."""
+    """File name -> schema text; the edge and case-server configs' when their extras are installed."""
     schemas = {
         "curbwatch.event.v1.json": _dump(event_json_schema()),
         "curbwatch.detlog.v1.json": _dump(LoggedFrame.model_json_schema(by_alias=True)),
@@ -23,7 +23,14 @@ def render_schemas() -> dict[str, str]:
     }
     try:
         from curbwatch.edge.config import EdgeConfig
+
+        schemas["curbwatch.edge-config.v1.json"] = _dump(EdgeConfig.model_json_schema())
     except ImportError:
-        return schemas
-    schemas["curbwatch.edge-config.v1.json"] = _dump(EdgeConfig.model_json_schema())
+        pass
+    try:
+        from curbwatch.server.config import CaseServerConfig
+
+        schemas["curbwatch.case-server.v1.json"] = _dump(CaseServerConfig.model_json_schema())
+    except ImportError:
+        pass
     return schemas

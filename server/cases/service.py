@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from curbwatch.server.audit import append_audit
 from curbwatch.server.cases import deadlines, workflow
 from curbwatch.server.cases.workflow import Action, CaseState, CaseStatus, ClosureType, Outcome, Role
+from curbwatch.server.open311.forwarding import enqueue_forwardings
 from curbwatch.server.tables import Case
 
 if TYPE_CHECKING:
@@ -122,6 +123,9 @@ def transition_case(
             is written.
         ValueError: ``actor`` is blank, ``at`` naive, or an enum value unknown.
     """
+    if at.tzinfo is None:
+        raise ValueError(f"transition time must be timezone-aware, got {at!r}")
+    at = at.astimezone(UTC)  # SQLite keeps no offset: every stored time is UTC
     case = session.scalars(select(Case).where(Case.id == case_id).with_for_update()).one_or_none()
     if case is None:
         raise CaseNotFound(f"no case {case_id!r}")
@@ -139,6 +143,8 @@ def transition_case(
     )
     _store_state(case, after, at)
     _record_milestones(case, step.action, after, config, at)
+    if step.action is Action.CONFIRM:
+        enqueue_forwardings(session, case, config.open311, at)
     details: dict[str, Any] = {
         name: value
         for name, value in (

@@ -20,11 +20,19 @@ from starlette.middleware.sessions import SessionMiddleware
 from curbwatch.server.config import CaseServerConfig, load_case_config
 from curbwatch.server.device_link import DevicePublisher, MqttDevicePublisher
 from curbwatch.server.evidence import EvidenceStore
+from curbwatch.server.open311 import api as open311_api
+from curbwatch.server.open311 import routes as open311_routes
 from curbwatch.server.settings import ServerSettings
 from curbwatch.server.web.api import auth as api_auth
+from curbwatch.server.web.api import cameras as api_cameras
+from curbwatch.server.web.api import cases as api_cases
+from curbwatch.server.web.api import evidence as api_evidence
+from curbwatch.server.web.api import kpis as api_kpis
 from curbwatch.server.web.context import AppContext, load_secret_key
 from curbwatch.server.web.deps import LoginRequired
 from curbwatch.server.web.ui import auth as ui_auth
+from curbwatch.server.web.ui import cameras_pages as ui_cameras
+from curbwatch.server.web.ui import pages as ui_pages
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +108,18 @@ def create_app(
 
     app.add_exception_handler(LoginRequired, _login_required)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for router in (ui_auth.router, api_auth.router):
+    for router in (
+        ui_auth.router,
+        ui_pages.router,
+        api_auth.router,
+        api_cases.router,
+        api_evidence.router,
+        open311_routes.router,
+        open311_api.router,
+        api_cameras.router,
+        api_kpis.router,
+        ui_cameras.router,
+    ):
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)

@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 
 from curbwatch.server.audit import (
     GENESIS_HASH,
+    AuditDraft,
     AuditError,
     ProblemKind,
     append_audit,
+    append_audit_entries,
     row_hash,
     verify_chain,
 )
@@ -166,6 +168,29 @@ def test_bad_entries_are_refused(
             session, case_id="c", action="a", actor="x", role="r", at=at, from_state=None, to_state=None,
             details=details,
         )  # fmt: skip
+    with sessions() as session:
+        assert session.scalars(select(AuditLog)).all() == []
+
+
+def test_a_batch_of_entries_chains_like_single_appends(sessions: sessionmaker[Session]) -> None:
+    _chain(sessions, 2)
+    drafts = [
+        AuditDraft(f"case-{n}", "open_case", "edge:e1", "system", T0 + timedelta(seconds=n), None, "new")
+        for n in range(3)
+    ]
+    with sessions() as session, session.begin():
+        entries = append_audit_entries(session, drafts)
+    assert [entry.id for entry in entries] == [3, 4, 5]
+    assert [entry.case_id for entry in entries] == ["case-0", "case-1", "case-2"]
+    with sessions() as session:
+        assert verify_chain(session) == []
+
+
+def test_a_batch_with_one_bad_entry_adds_nothing(sessions: sessionmaker[Session]) -> None:
+    good = AuditDraft("c", "open_case", "edge:e1", "system", T0, None, "new")
+    naive = AuditDraft("c", "open_case", "edge:e1", "system", T0.replace(tzinfo=None), None, "new")
+    with sessions() as session, session.begin(), pytest.raises(AuditError):
+        append_audit_entries(session, [good, naive])
     with sessions() as session:
         assert session.scalars(select(AuditLog)).all() == []
 

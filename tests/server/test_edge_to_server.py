@@ -1,5 +1,6 @@
 """The whole path: a real camera pipeline on a real CCTV still, the edge's outbox and publisher,
-Mosquitto, the ingest worker and the database — plus a remote zone file applied on the way."""
+Mosquitto, the ingest worker and the database, where the violation becomes a case awaiting
+verification — plus a remote zone file applied on the way and reported back."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from curbwatch.edge.app import run_edge
 from curbwatch.edge.config import edge_config_from_dict
 from curbwatch.schema.protocol import Channel, ReportedConfigV1, sign, topic
 from curbwatch.server.ingest import IngestWorker
-from curbwatch.server.tables import Event, Evidence
+from curbwatch.server.tables import AuditLog, Case, CaseEvent, Device, Event, Evidence
 from tests.edge.test_runner import write_stills
 from tests.server.conftest import PrivateBroker, register
 from tests.server.test_ingest import worker_settings
@@ -125,8 +126,21 @@ def test_violation_travels_from_camera_to_database(
         images = session.scalar(
             select(func.count()).select_from(Evidence).where(Evidence.device_id == device_id)
         )
+        cases = session.scalars(select(Case).where(Case.device_id == device_id)).all()
+        linked = session.scalars(
+            select(CaseEvent.case_id).where(CaseEvent.event_id.in_([e["event_id"] for e in local]))
+        ).all()
+        opened = session.scalars(
+            select(AuditLog.action).where(AuditLog.case_id.in_([c.id for c in cases]))
+        ).all()
+        device = session.get(Device, device_id)
     assert [row.event_id for row in stored] == [e["event_id"] for e in local]  # every event, once, in order
     assert [row.seq for row in stored] == list(range(1, len(local) + 1))
     assert images == sum(len(e["evidence"]) for e in local)
+    # One episode, one case, waiting for an operator; every event of it filed under it.
+    assert [(c.status, c.camera_id, c.zone) for c in cases] == [("awaiting_verification", camera, "far-kerb")]
+    assert len(linked) == len(local) and set(linked) == {cases[0].id}
+    assert opened == ["open_case"]
+    assert (device.reported_config_version, device.reported_config_error) == ("remote-1", None)
     report = read_retained(broker, topic(device_id, Channel.CONFIG_REPORTED))
     assert report is not None and ReportedConfigV1.model_validate_json(report).applied_version == "remote-1"

@@ -1,9 +1,11 @@
-"""MessageHandler on SQLite and PostgreSQL: stored once, duplicates, and every refusal reason."""
+"""MessageHandler on SQLite and PostgreSQL: stored once, duplicates, every refusal reason, cases
+folded from stored events, and what devices report (status, heartbeat, config, command results)."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from curbwatch.schema.protocol import AckStatus, Channel, sign, topic
+from curbwatch.server.cases.queries import as_utc
+from curbwatch.server.config import CaseServerConfig, GridConfig
 from curbwatch.server.evidence import EvidenceStore
 from curbwatch.server.handler import (
     DeviceUpdates,
@@ -20,25 +24,40 @@ from curbwatch.server.handler import (
     RejectReason,
     Result,
 )
-from curbwatch.server.tables import DeadLetter, Device, Event, Evidence
+from curbwatch.server.tables import (
+    AuditLog,
+    Case,
+    CaseEvent,
+    DeadLetter,
+    Device,
+    Event,
+    Evidence,
+    EvidenceRef,
+)
 from tests.server.conftest import register
 from tests.server.factories import envelope, event_document, jpeg_like
 
 NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+GRID = GridConfig(origin_lat=31.2, origin_lon=121.4, cell_m=100)
 
 
 @pytest.fixture
 def handler(tmp_path: Path) -> MessageHandler:
-    return MessageHandler(EvidenceStore(tmp_path / "evidence"), max_payload_bytes=8 * 1024 * 1024)
+    return MessageHandler(
+        EvidenceStore(tmp_path / "evidence"), CaseServerConfig(grid=GRID), max_payload_bytes=8 * 1024 * 1024
+    )
 
 
 def handle_all(
-    session_factory: sessionmaker[Session], handler: MessageHandler, messages: list[tuple[str, bytes]]
+    session_factory: sessionmaker[Session],
+    handler: MessageHandler,
+    messages: list[tuple[str, bytes]],
+    at: datetime = NOW,
 ) -> list[Outcome]:
     """One transaction for all messages, as the worker's batch does."""
     updates = DeviceUpdates()
     with session_factory() as session, session.begin():
-        outcomes = handler.handle_batch(session, [ReceivedMessage(t, p, NOW) for t, p in messages], updates)
+        outcomes = handler.handle_batch(session, [ReceivedMessage(t, p, at) for t, p in messages], updates)
         updates.apply(session)
     return outcomes
 
@@ -193,3 +212,215 @@ def test_status_and_heartbeat_update_the_device(
         device = session.get(Device, device_id)
         assert device.last_status == "online"
         assert device.last_heartbeat["outbox_depth"] == 3
+
+
+def episode_documents(device_id: str, camera_id: str, **overrides: object) -> list[dict]:
+    """Start, update and end of one episode."""
+    episode_id = uuid.uuid4().hex
+    return [
+        event_document(
+            device_id,
+            episode_id=episode_id,
+            camera_id=camera_id,
+            type=kind,
+            ts=ts,
+            dwell_s=dwell,
+            **overrides,
+        )
+        for kind, ts, dwell in (
+            ("start", "2026-11-27T01:02:00+00:00", 120.0),
+            ("update", "2026-11-27T01:07:00+00:00", 420.0),
+            ("end", "2026-11-27T01:09:00+00:00", 540.0),
+        )
+    ]
+
+
+def cases_of(session: Session, device_id: str) -> list[Case]:
+    return list(session.scalars(select(Case).where(Case.device_id == device_id).order_by(Case.created_at)))
+
+
+def test_an_episode_across_batches_is_one_case_with_its_grid_cell(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    device_id, key = register(session_factory)
+    documents = episode_documents(device_id, "cam-a", location=[31.2009, 121.4011])
+    messages = [
+        (topic(device_id, Channel.EVENT), envelope(device_id, key, seq, document).to_bytes())
+        for seq, document in enumerate(documents, start=1)
+    ]
+    for n, message in enumerate(messages):  # one batch each, as a slow trickle would arrive
+        handle_all(session_factory, handler, [message], at=NOW + timedelta(seconds=n))
+
+    with session_factory() as session:
+        [case] = cases_of(session, device_id)
+        assert case.status == "awaiting_verification"
+        assert case.grid_cell == GRID.cell_of(31.2009, 121.4011) != GRID.cell_of(31.2001, 121.4001)
+        assert case.created_at.replace(tzinfo=UTC) == NOW
+        assert case.last_event_at.replace(tzinfo=UTC) == datetime(2026, 11, 27, 1, 9, tzinfo=UTC)
+        linked = session.scalars(select(CaseEvent.event_id).where(CaseEvent.case_id == case.id)).all()
+        assert sorted(linked) == sorted(d["event_id"] for d in documents)
+        audit = session.scalars(select(AuditLog).where(AuditLog.case_id == case.id)).all()
+        assert [(a.action, a.actor, a.to_state) for a in audit] == [
+            ("open_case", f"edge:{device_id}", "awaiting_verification")
+        ]
+
+
+def test_a_batch_folds_in_order_and_a_case_without_location_has_no_cell(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    device_id, key = register(session_factory)
+    # Two cameras, their episodes interleaved in one batch: each episode is its own case.
+    first, second = episode_documents(device_id, "cam-a"), episode_documents(device_id, "cam-b")
+    interleaved = [d for pair in zip(first, second, strict=True) for d in pair]
+    outcomes = handle_all(
+        session_factory,
+        handler,
+        [
+            (topic(device_id, Channel.EVENT), envelope(device_id, key, seq, document).to_bytes())
+            for seq, document in enumerate(interleaved, start=1)
+        ],
+    )
+    assert [o.result for o in outcomes] == [Result.STORED] * 6
+    with session_factory() as session:
+        cases = cases_of(session, device_id)
+        assert sorted(c.camera_id for c in cases) == ["cam-a", "cam-b"]
+        assert [c.grid_cell for c in cases] == [None, None]
+        for case, documents in ((c, first if c.camera_id == "cam-a" else second) for c in cases):
+            assert case.episode_ids == [documents[0]["episode_id"]]
+
+
+def test_a_redelivered_or_refused_event_changes_no_case(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    device_id, key = register(session_factory)
+    documents = episode_documents(device_id, "cam-a")
+    envelopes = [envelope(device_id, key, seq, d) for seq, d in enumerate(documents, start=1)]
+    messages = [(topic(device_id, Channel.EVENT), e.to_bytes()) for e in envelopes]
+    handle_all(session_factory, handler, messages)
+
+    def state() -> tuple:
+        with session_factory() as session:
+            [case] = cases_of(session, device_id)
+            audit = session.scalar(
+                select(func.count()).select_from(AuditLog).where(AuditLog.case_id == case.id)
+            )
+            links = session.scalar(
+                select(func.count()).select_from(CaseEvent).where(CaseEvent.case_id == case.id)
+            )
+            return case.id, case.updated_at, case.last_event_at, case.episode_ids, audit, links
+
+    before = state()
+    # The whole episode again an hour later, plus a replay of seq 1 carrying a new episode.
+    replayed = envelope(device_id, key, 1, episode_documents(device_id, "cam-a")[0])
+    later = NOW + timedelta(hours=1)
+    outcomes = handle_all(
+        session_factory,
+        handler,
+        [*messages, (topic(device_id, Channel.EVENT), replayed.to_bytes())],
+        at=later,
+    )
+    assert [o.counter_key for o in outcomes] == ["duplicate"] * 3 + ["replayed_seq"]
+    assert state() == before
+
+
+def evidence_refs(device_id: str, track_id: int = 7) -> list[dict]:
+    """A clean frame, its annotated copy and a crop, with fresh hashes, as an edge lists them."""
+    clean, annotated, crop = (f"{uuid.uuid4().hex}{uuid.uuid4().hex}" for _ in range(3))
+    common = {"size_bytes": 1024, "width": 1280, "height": 720, "path": f"{device_id}/x.jpg"}
+    return [
+        {**common, "role": "clean", "sha256": clean, "restricted": True},
+        {**common, "role": "annotated", "sha256": annotated, "derived_from": clean, "restricted": False},
+        {
+            **common,
+            "role": "crop",
+            "sha256": crop,
+            "derived_from": clean,
+            "track_id": track_id,
+            "restricted": False,
+        },
+    ]
+
+
+def test_stored_events_file_their_evidence_references(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    device_id, key = register(session_factory)
+    documents = episode_documents(device_id, "cam-refs")
+    for document in documents:
+        document["evidence"] = evidence_refs(device_id)
+    messages = [
+        (topic(device_id, Channel.EVENT), envelope(device_id, key, seq, d).to_bytes())
+        for seq, d in enumerate(documents, start=1)
+    ]
+    # The start's redelivery in the same batch, then the whole episode again and a replayed seq
+    # carrying other images: none of them files a reference.
+    handle_all(session_factory, handler, [*messages, messages[0]])
+    replayed = {**episode_documents(device_id, "cam-refs")[0], "evidence": evidence_refs(device_id)}
+    again = [*messages, (topic(device_id, Channel.EVENT), envelope(device_id, key, 1, replayed).to_bytes())]
+    assert [o.counter_key for o in handle_all(session_factory, handler, again)][-1] == "replayed_seq"
+
+    with session_factory() as session:
+        rows = session.scalars(select(EvidenceRef).where(EvidenceRef.device_id == device_id)).all()
+    filed = {(r.event_id, r.sha256): r for r in rows}
+    expected = {(d["event_id"], item["sha256"]): (d, item) for d in documents for item in d["evidence"]}
+    assert filed.keys() == expected.keys()
+    for key_, (document, item) in expected.items():
+        row = filed[key_]
+        assert (row.role, row.restricted, row.track_id) == (
+            item["role"],
+            item["restricted"],
+            item.get("track_id"),
+        )
+        assert (row.camera_id, row.device_id) == ("cam-refs", device_id)
+        assert as_utc(row.ts) == datetime.fromisoformat(document["ts"])
+
+
+def test_reported_config_is_stored_on_the_device(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    device_id, _ = register(session_factory)
+    report = {
+        "schema": "curbwatch.config-report.v1",
+        "device_id": device_id,
+        "applied_version": "v3",
+        "rejected_version": "v4",
+        "error": "zones of cam-1: polygon: too few points",
+        "ts": "2026-11-27T01:58:00+00:00",
+    }
+    outcomes = handle_all(
+        session_factory,
+        handler,
+        [
+            (topic(device_id, Channel.CONFIG_REPORTED), json.dumps(report).encode()),
+            (
+                topic(device_id, Channel.CONFIG_REPORTED),
+                json.dumps({**report, "device_id": "edge-x"}).encode(),
+            ),
+            (topic(device_id, Channel.CONFIG_REPORTED), json.dumps({**report, "ts": "yesterday"}).encode()),
+        ],
+    )
+    assert [o.counter_key for o in outcomes] == ["recorded", "id_mismatch", "schema"]
+    assert all(o.ack is None for o in outcomes)
+    with session_factory() as session:
+        device = session.get(Device, device_id)
+        assert (device.reported_config_version, device.reported_config_error) == ("v3", report["error"])
+        assert device.reported_config_at.replace(tzinfo=UTC) == datetime(2026, 11, 27, 1, 58, tzinfo=UTC)
+
+
+def test_a_command_result_for_no_check_is_dead_lettered(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    device_id, _ = register(session_factory)
+    result = {"schema": "curbwatch.command-result.v1", "correlation_id": uuid.uuid4().hex, "ok": True}
+    outcomes = handle_all(
+        session_factory,
+        handler,
+        [
+            (topic(device_id, Channel.COMMAND_RESULT), json.dumps(result).encode()),
+            (topic(device_id, Channel.COMMAND_RESULT), json.dumps({**result, "ok": "maybe"}).encode()),
+        ],
+    )
+    assert [o.counter_key for o in outcomes] == ["unknown_check", "schema"]
+    with session_factory() as session:
+        letters = session.scalars(select(DeadLetter).where(DeadLetter.device_id == device_id)).all()
+        assert sorted(letter.reason for letter in letters) == ["schema", "unknown_check"]

@@ -1,4 +1,5 @@
-"""IngestWorker against a private Mosquitto, on SQLite and PostgreSQL."""
+"""IngestWorker against a private Mosquitto, on SQLite and PostgreSQL: events stored and folded
+into cases, refusals counted, two workers sharing the load, a bad city configuration refused."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from curbwatch.schema.protocol import AckStatus, Channel, sign
-from curbwatch.server.ingest import IngestWorker
+from curbwatch.server.ingest import IngestError, IngestWorker
 from curbwatch.server.settings import ServerSettings, get_settings
-from curbwatch.server.tables import DeadLetter, Event
+from curbwatch.server.tables import AuditLog, Case, CaseEvent, DeadLetter, Event
 from tests.server.conftest import PrivateBroker, register
-from tests.server.factories import envelope, jpeg_like
+from tests.server.factories import envelope, event_document, jpeg_like
 from tests.server.fake_device import FakeDevice
 
 
@@ -179,3 +180,78 @@ def test_two_workers_split_a_shared_subscription(
     shares = [w.counters["stored"] + w.counters["duplicate"] for w in workers]
     assert sum(w.counters["stored"] for w in workers) == 1000
     assert min(shares) > 0, f"one worker got nothing: {shares}"
+
+
+def test_an_event_over_mqtt_becomes_a_case(
+    start_worker, device: tuple[FakeDevice, bytes], session_factory: sessionmaker[Session]
+) -> None:
+    start_worker()
+    fake, key = device
+    event = envelope(fake.device_id, key, 1, event_document(fake.device_id, location=[31.23, 121.47]))
+    fake.publish(Channel.EVENT, event.to_bytes())
+    assert fake.wait_acks({event.message_id}, 20) == set()
+
+    with session_factory() as session:
+        [case] = session.scalars(select(Case).where(Case.device_id == fake.device_id)).all()
+        assert (case.status, case.camera_id, case.event_code) == ("awaiting_verification", "cam-1", "0505")
+        assert case.grid_cell is not None
+        assert session.get(CaseEvent, event.message_id).case_id == case.id
+        [opened] = session.scalars(select(AuditLog).where(AuditLog.case_id == case.id)).all()
+        assert (opened.action, opened.actor, opened.role) == ("open_case", f"edge:{fake.device_id}", "system")
+
+
+def test_episodes_split_between_two_workers_fold_into_one_case_per_place(
+    start_worker, device: tuple[FakeDevice, bytes], session_factory: sessionmaker[Session]
+) -> None:
+    workers = [start_worker("a"), start_worker("b")]
+    fake, key = device
+    cameras = [f"cam-{n}" for n in range(12)]
+    # Three episodes at each camera (a car hidden by buses twice), each with start, update and end:
+    # every event of a camera belongs to one case, whichever worker gets it and in whatever order.
+    documents = []
+    for episode in range(3):
+        for camera in cameras:
+            episode_id = uuid.uuid4().hex
+            start = f"2026-11-27T01:{10 * episode:02d}:00+00:00"
+            for kind, minute in (("start", 2), ("update", 5), ("end", 8)):
+                documents.append(
+                    event_document(
+                        fake.device_id,
+                        episode_id=episode_id,
+                        camera_id=camera,
+                        type=kind,
+                        episode_start=start,
+                        ts=f"2026-11-27T01:{10 * episode + minute:02d}:00+00:00",
+                        dwell_s=60.0 * minute,
+                    )
+                )
+    envelopes = [envelope(fake.device_id, key, seq, d) for seq, d in enumerate(documents, start=1)]
+    for item in envelopes:
+        fake.publish(Channel.EVENT, item.to_bytes())
+    assert fake.wait_acks({e.message_id for e in envelopes}, 60) == set()
+    assert all(fake.acks[e.message_id] == [AckStatus.STORED] for e in envelopes)
+    assert min(w.counters["stored"] for w in workers) > 0
+
+    with session_factory() as session:
+        cases = session.scalars(select(Case).where(Case.device_id == fake.device_id)).all()
+        assert sorted(c.camera_id for c in cases) == sorted(cameras)
+        for case in cases:
+            linked = session.scalars(select(CaseEvent.event_id).where(CaseEvent.case_id == case.id)).all()
+            expected = {d["event_id"] for d in documents if d["camera_id"] == case.camera_id}
+            assert set(linked) == expected and len(case.episode_ids) == 3
+            opened = session.scalar(
+                select(func.count()).select_from(AuditLog).where(AuditLog.case_id == case.id)
+            )
+            assert opened == 1
+
+
+def test_a_bad_city_configuration_stops_the_worker(
+    broker: PrivateBroker, database_url: str, session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    config = tmp_path / "city.yaml"
+    config.write_text("city: Somewhere\nfolding:\n  attach_within_s: -5\n")
+    settings = worker_settings(broker, database_url, tmp_path, "g-bad", "a").model_copy(
+        update={"case_config": config}
+    )
+    with pytest.raises(IngestError, match="attach_within_s"):
+        IngestWorker(settings, session_factory)

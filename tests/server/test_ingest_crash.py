@@ -1,4 +1,5 @@
-"""The ingest process SIGKILLed in the middle of a burst, then restarted: every event stored once.
+"""The ingest process SIGKILLed in the middle of a burst, then restarted: every event stored and
+folded into its case once.
 
 Also measures stored-and-acknowledged throughput per backend and batch size.
 """
@@ -20,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from curbwatch.schema.protocol import AckStatus, Channel
 from curbwatch.server.ingest import IngestWorker
-from curbwatch.server.tables import Event
+from curbwatch.server.tables import Case, CaseEvent, Event
 from tests.server.conftest import PrivateBroker, register
-from tests.server.factories import envelope
+from tests.server.factories import envelope, event_document
 from tests.server.fake_device import FakeDevice
 from tests.server.test_ingest import worker_settings
 
@@ -67,12 +68,21 @@ def worker_process(broker: PrivateBroker, database_url: str, tmp_path: Path) -> 
     settings = worker_settings(broker, database_url, tmp_path, f"g{uuid.uuid4().hex[:8]}", "crash")
     env = {**os.environ}
     for name, value in settings.model_dump(exclude={"mqtt_password", "mqtt_username"}).items():
-        env[f"CURBWATCH_{name.upper()}"] = str(value)
+        if value is not None:  # unset stays unset ("None" would name a file)
+            env[f"CURBWATCH_{name.upper()}"] = str(value)
     worker = WorkerProcess(env, tmp_path / "worker.log")
     try:
         yield worker
     finally:
         worker.kill()
+
+
+def burst(device_id: str, key: bytes, count: int) -> list[bytes]:
+    """Signed events of ``count`` cameras, one each: every event opens a case (the costlier path)."""
+    return [
+        envelope(device_id, key, seq, event_document(device_id, camera_id=f"cam-{seq}")).to_bytes()
+        for seq in range(1, count + 1)
+    ]
 
 
 def stored(session_factory: sessionmaker[Session], device_id: str) -> int:
@@ -93,7 +103,7 @@ def test_sigkill_mid_burst_loses_and_doubles_nothing(
     # Like the edge: re-send what the server has not acknowledged, so whatever a kill strands
     # anywhere (broker, worker memory, an uncommitted batch) comes back until it is stored.
     fake = FakeDevice(device_id, broker.port, resend_after_s=RESEND_AFTER_S)
-    envelopes = [envelope(device_id, key, seq).to_bytes() for seq in range(1, BURST + 1)]
+    envelopes = burst(device_id, key, BURST)
     ids = {e.split(b'"message_id":"')[1][:32].decode() for e in envelopes}
     try:
         worker_process.start()
@@ -121,6 +131,13 @@ def test_sigkill_mid_burst_loses_and_doubles_nothing(
     assert len(rows) == BURST
     assert {event_id for event_id, _ in rows} == ids  # each event once
     assert sorted(seq for _, seq in rows) == list(range(1, BURST + 1))  # no gap, no seq twice
+    with session_factory() as session:
+        folded = session.scalars(
+            select(CaseEvent.case_id)
+            .join(Case, Case.id == CaseEvent.case_id)
+            .where(Case.device_id == device_id)
+        ).all()
+    assert len(folded) == len(set(folded)) == BURST  # each event in one case, each case opened once
     statuses = [status for item_id in ids for status in fake.acks[item_id]]
     assert AckStatus.REJECTED not in statuses
     stored_acks = statuses.count(AckStatus.STORED)
@@ -144,7 +161,7 @@ def test_throughput(
     worker = IngestWorker(settings.model_copy(update={"batch_max": batch_max}), session_factory)
     device_id, key = register(session_factory)
     fake = FakeDevice(device_id, broker.port)
-    payloads = [envelope(device_id, key, seq).to_bytes() for seq in range(1, count + 1)]
+    payloads = burst(device_id, key, count)
     ids = {p.split(b'"message_id":"')[1][:32].decode() for p in payloads}
     worker.start()
     try:
@@ -163,3 +180,6 @@ def test_throughput(
         f"({worker.batches} batches)"
     )
     assert stored(session_factory, device_id) == count
+    with session_factory() as session:
+        cases = session.scalar(select(func.count()).select_from(Case).where(Case.device_id == device_id))
+    assert cases == count

@@ -32,5 +32,13 @@ const curbwatch = (() => {
     return node;
   }
 
-  return { api, el, csrf };
+  // SVG elements (charts, zone outlines) the same way; text still goes in as text nodes.
+  function svg(tag, attributes = {}, ...children) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+    for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    return node;
+  }
+
+  return { api, el, svg, csrf };
 })();

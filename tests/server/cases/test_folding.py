@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from curbwatch.schema.events import EventV1
 from curbwatch.server.audit import verify_chain
-from curbwatch.server.cases.folding import FoldingConfig, FoldingError, fold_event
+from curbwatch.server.cases.folding import FoldingConfig, FoldingError, fold_event, fold_events, place_of
 from curbwatch.server.cases.service import transition_case
-from curbwatch.server.config import CaseServerConfig
+from curbwatch.server.config import CaseServerConfig, GridConfig
 from curbwatch.server.tables import AuditLog, Case, CaseEvent
 from tests.server.factories import event_document
 
@@ -35,6 +35,7 @@ def episode(
     zone: str = "kerb",
     types: tuple[str, ...] = ("start", "update", "end"),
     step_s: float = 60,
+    device_id: str = "edge-fold",
     **overrides: Any,
 ) -> list[EventV1]:
     """Events of one episode: the first at ``start``, one every ``step_s`` seconds."""
@@ -43,7 +44,7 @@ def episode(
     for n, kind in enumerate(types):
         ts = start + timedelta(seconds=step_s * n)
         document = event_document(
-            "edge-fold",
+            device_id,
             episode_id=episode_id,
             type=kind,
             camera_id=camera_id,
@@ -57,12 +58,14 @@ def episode(
     return events
 
 
-def fold_all(factory: sessionmaker[Session], events: list[EventV1]) -> list[str]:
+def fold_all(
+    factory: sessionmaker[Session], events: list[EventV1], grid: GridConfig | None = None
+) -> list[str]:
     """Fold each event in its own transaction; the case ids they landed on."""
     ids = []
     for event in events:
         with factory() as session, session.begin():
-            ids.append(fold_event(session, event, config=CONFIG, at=NOW).id)
+            ids.append(fold_event(session, event, config=CONFIG, at=NOW, grid=grid).id)
     return ids
 
 
@@ -143,6 +146,58 @@ def test_another_zone_or_violation_opens_another_case(
     first = fold_all(session_factory, episode(cam))
     second = fold_all(session_factory, episode(cam, start=T0 + timedelta(seconds=130), **change))
     assert first[0] != second[0]
+
+
+def test_the_same_camera_name_on_another_device_is_another_place(
+    session_factory: sessionmaker[Session],
+) -> None:
+    cam = camera()
+    first = fold_all(session_factory, episode(cam))
+    second = fold_all(
+        session_factory, episode(cam, start=T0 + timedelta(seconds=130), device_id="edge-other")
+    )
+    assert first[0] != second[0]
+    assert place_of(episode(cam, device_id="edge-other")[0]) == ("edge-other", cam, "kerb")
+
+
+GRID = GridConfig(origin_lat=31.2, origin_lon=121.4, cell_m=100)
+
+
+@pytest.mark.parametrize(
+    ("grid", "location", "has_cell"),
+    [(GRID, (31.2, 121.5), True), (GRID, None, False), (None, (31.2, 121.5), False)],
+    ids=["located", "no location", "no grid"],
+)
+def test_a_new_case_gets_the_grid_cell_of_its_location(
+    session_factory: sessionmaker[Session],
+    grid: GridConfig | None,
+    location: tuple[float, float] | None,
+    has_cell: bool,
+) -> None:
+    case_id = fold_all(session_factory, episode(camera(), location=location), grid=grid)[0]
+    with session_factory() as session:
+        case = session.get(Case, case_id)
+        assert case is not None
+        assert case.grid_cell == (GRID.cell_of(31.2, 121.5) if has_cell else None)
+
+
+def test_a_batch_folds_as_one_event_after_the_other(session_factory: sessionmaker[Session]) -> None:
+    here, there = camera(), camera()
+    first, other = episode(here), episode(there)
+    rejoin = episode(here, start=T0 + timedelta(seconds=150))  # the same violation seen again, same batch
+    batch = [first[0], other[0], first[1], rejoin[0], other[1], first[0], rejoin[1]]
+    with session_factory() as session, session.begin():
+        cases = fold_events(session, [(event, NOW) for event in batch], config=CONFIG)
+        ids = [case.id for case in cases]
+    assert ids[0] == ids[2] == ids[3] == ids[5] == ids[6] != ids[1] == ids[4]
+    assert sorted(links(session_factory, ids[0])) == sorted(e.event_id for e in (*first[:2], *rejoin[:2]))
+    assert audit_count(session_factory, ids[0]) == audit_count(session_factory, ids[1]) == 1
+    with session_factory() as session:
+        case = session.get(Case, ids[0])
+        assert case is not None and case.episode_ids == [first[0].episode_id, rejoin[0].episode_id]
+        # A later batch with the rest of the episodes finds the cases the first one opened.
+        later = fold_events(session, [(first[2], NOW), (other[2], NOW)], config=CONFIG)
+        assert [c.id for c in later] == [ids[0], ids[1]]
 
 
 @pytest.mark.parametrize("final", ["close", "reject"])

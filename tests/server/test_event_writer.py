@@ -1,0 +1,56 @@
+"""The evidence references filed beside stored events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from curbwatch.server.event_writer import evidence_ref_rows
+from tests.server.factories import event_document
+
+TS = datetime(2026, 11, 27, 1, 2, tzinfo=UTC)
+
+
+def _row(evidence: list[dict]) -> dict:
+    document = event_document("edge-refs", camera_id="cam-refs", evidence=evidence)
+    return {
+        "event_id": document["event_id"],
+        "device_id": "edge-refs",
+        "camera": "cam-refs",
+        "ts": TS,
+        "document": document,
+    }
+
+
+def _ref(role: str, sha: str, restricted: bool, **extra: object) -> dict:
+    return {
+        "role": role,
+        "sha256": sha,
+        "size_bytes": 1,
+        "width": 2,
+        "height": 2,
+        "path": "p.jpg",
+        "restricted": restricted,
+        **extra,
+    }
+
+
+def test_one_row_per_event_and_image() -> None:
+    first = _row([_ref("clean", "a" * 64, True), _ref("crop", "b" * 64, False, track_id=3)])
+    second = _row([_ref("annotated", "a" * 64, False)])  # the same image again, in another event
+    rows = evidence_ref_rows([first, second, _row([])])
+    keys = ("event_id", "sha256", "role", "restricted", "track_id")
+    assert [tuple(row[k] for k in keys) for row in rows] == [
+        (first["event_id"], "a" * 64, "clean", True, None),
+        (first["event_id"], "b" * 64, "crop", False, 3),
+        (second["event_id"], "a" * 64, "annotated", False, None),
+    ]
+    assert {(row["camera_id"], row["device_id"], row["ts"]) for row in rows} == {
+        ("cam-refs", "edge-refs", TS)
+    }
+
+
+def test_an_image_listed_twice_by_one_event_is_restricted_if_either_says_so() -> None:
+    for flags in ((False, True), (True, False)):
+        row = _row([_ref("annotated", "c" * 64, flags[0]), _ref("annotated", "c" * 64, flags[1])])
+        [ref] = evidence_ref_rows([row])
+        assert ref["restricted"] is True

@@ -1,0 +1,193 @@
+"""The whole retraining loop through the ``curbwatch`` commands, on small generated data, on CPU.
+
+Verdicts in a server database -> ``train dataset`` -> ``train run`` (1 epoch, 160 px) -> ``train eval``
+-> ``train export`` (ONNX with metadata, INT8, registry card) -> the edge detector loads both models
+from their metadata alone. Each command runs as its own process (as a user runs them), so this test
+process never imports torch. About a minute and a half on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import pytest
+
+from curbwatch.edge.detect.card import file_sha256
+from curbwatch.edge.detect.onnx import DetectorConfig, OnnxDetector
+from curbwatch.schema.yamlio import dump_yaml
+from curbwatch.server.db import make_engine, make_session_factory
+from curbwatch.training.registry import Registry
+from tests.conftest import REPO_ROOT
+from tests.edge.detect.test_onnx import needs_ultralytics
+from tests.scenarios import ZONE_FILE_DATA
+from tests.training.conftest import ULTRALYTICS_ENV, fresh_database
+from tests.training.factories import CLASSES, VerdictDb, street_cases
+
+pytestmark = [pytest.mark.train, needs_ultralytics]
+CURBWATCH = [sys.executable, "-c", "from curbwatch.cli import main; main()"]
+
+
+def curbwatch(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **ULTRALYTICS_ENV}
+    command = [*CURBWATCH, *map(str, args)]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert done.returncode == 0, f"{done.args[3:]}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+@dataclass(frozen=True)
+class Loop:
+    root: Path
+    data: Path
+    run: Path
+    registry: Registry
+    zones_ok: Path
+    eval_out: subprocess.CompletedProcess[str]
+    export_out: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Loop:
+    root = tmp_path_factory.mktemp("loop")
+    data = root / "datasets" / "street"
+    for url in fresh_database("sqlite", root):
+        engine = make_engine(url)
+        street_cases(VerdictDb(make_session_factory(engine), root / "evidence"))
+        engine.dispose()
+        source = ["--database-url", url, "--evidence-dir", root / "evidence"]
+        ok(curbwatch("train", "dataset", *source, "--out", data, "--classes", ",".join(CLASSES)))
+    run = root / "runs" / "street"
+    settings = ["--from-yaml", "yolov8n.yaml", "--epochs", "1", "--imgsz", "160"]
+    settings += ["--batch", "8", "--workers", "0", "--device", "cpu"]
+    train_args = ["--data", data / "data.yaml", *settings, "--runs-dir", run.parent, "--name", "street"]
+    ok(curbwatch("train", "run", *train_args))
+    best = run / "weights" / "best.pt"
+    eval_out = ok(curbwatch("train", "eval", "--model", best, "--data", data / "data.yaml"))
+    zone = {**ZONE_FILE_DATA, "zones": [{**ZONE_FILE_DATA["zones"][0], "vehicle_classes": ["car"]}]}
+    zones_ok = root / "zones" / "cam.yaml"
+    zones_ok.parent.mkdir()
+    zones_ok.write_text(dump_yaml(zone))
+    registry = Registry(root / "models")
+    export_args = ["--weights", best, "--data", data / "data.yaml", "--name", "street"]
+    export_args += [
+        "--version",
+        "1",
+        "--registry",
+        registry.root,
+        "--out-dir",
+        root / "bin",
+        "--zones",
+        zones_ok,
+    ]
+    export_args += ["--calibration-images", "8", "--speed-runs", "5", "--eval", run / "eval" / "report.json"]
+    export_out = ok(curbwatch("train", "export", *export_args))
+    return Loop(root, data / "data.yaml", run, registry, zones_ok, eval_out, export_out)
+
+
+def test_dataset_and_training_run(loop: Loop) -> None:
+    card = json.loads((loop.data.parent / "dataset_card.json").read_text())
+    assert card["counts"]["train"]["images"] > 10 and card["counts"]["val"]["images"] > 0
+    summary = json.loads((loop.run / "train_summary.json").read_text())
+    assert summary["parent"] == {"kind": "yaml", "ref": "yolov8n.yaml", "sha256": None}
+    assert summary["dataset"]["card_sha256"] == file_sha256(loop.data.parent / "dataset_card.json")
+    assert summary["class_names"] == list(CLASSES) and summary["seed"] == 0 and summary["device"] == "cpu"
+    assert summary["weights_sha256"] == file_sha256(loop.run / "weights" / "best.pt")
+    for picture in ("curves.png", "results.png"):
+        assert (loop.run / picture).stat().st_size > 10_000
+
+
+def test_evaluation_report(loop: Loop) -> None:
+    assert "ultralytics-val: mAP50" in loop.eval_out.stdout and "promoted" in loop.eval_out.stdout
+    report = (loop.run / "eval" / "report.md").read_text()
+    assert "| class | images | instances | AP50 | AP50-95 |" in report
+    assert all(f"| {name} |" in report for name in CLASSES)
+    assert (loop.run / "eval" / "ap_per_class.png").is_file() and (
+        loop.run / "eval" / "pr_candidate.png"
+    ).is_file()
+
+
+def test_registered_model_loads_on_the_edge_from_metadata(loop: Loop, tmp_path: Path) -> None:
+    entry = loop.registry.get("street@1")
+    assert "registered street@1" in loop.export_out.stdout and "INT8: " not in loop.export_out.stdout
+    assert entry.class_names == list(CLASSES) and entry.input_size_hw == (160, 160)
+    assert entry.dataset is not None and entry.dataset.sha256 == file_sha256(
+        loop.data.parent / "dataset_card.json"
+    )
+    assert entry.parent is not None and entry.parent.ref == "yolov8n.yaml"
+    assert entry.training is not None and entry.training.epochs == 1
+    assert entry.evaluation is not None and entry.evaluation.promoted
+    assert entry.metrics is not None and entry.metrics.method == "edge-onnx"
+    assert [c.name for c in entry.metrics.per_class] == list(CLASSES)
+    q = entry.quantization
+    assert q is not None and [row.threads for row in q.speed] == [1, 2] and q.calibration_images == 8
+    assert all(row.fp32_ms > 0 and row.int8_ms > 0 for row in q.speed) and q.excluded_nodes > 0
+    for ref in (entry.file, entry.weights, q.file):
+        assert ref is not None and loop.registry.verify(ref) is None
+    image = cv2.imread(str(next((loop.data.parent / "images" / "val").glob("*.jpg"))))
+    for ref, name in ((entry.file, "street"), (q.file, "street.int8")):
+        detector = OnnxDetector(DetectorConfig(model_path=loop.registry.resolve(ref), models_dir=tmp_path))
+        assert detector.card.name == name and detector.card.version == "1"
+        assert detector.class_names == tuple(CLASSES) and detector.card.input_size_hw == (160, 160)
+        assert detector.card.sha256 == ref.sha256
+        detector.detect(image)  # runs on a frame of another size
+    shown = ok(curbwatch("models", "show", "street@1", "--registry", loop.registry.root))
+    assert shown.stdout.count(": ok") == 3
+    listed = ok(curbwatch("models", "list", "--registry", loop.registry.root))
+    assert "street@1" in listed.stdout and "ultralytics" in listed.stdout
+
+
+def test_onnx_gate_with_a_baseline(loop: Loop) -> None:
+    entry = loop.registry.get("street@1")
+    models = ["--model", "street@1", "--baseline", "street@1", "--registry", loop.registry.root]
+    same = curbwatch("train", "eval", *models, "--data", loop.data, "--out", loop.root / "gate")
+    assert same.returncode == 0 and "edge-onnx: mAP50" in same.stdout, same.stderr[-2000:]
+    report = json.loads((loop.root / "gate" / "report.json").read_text())
+    assert report["candidate"]["map50"] == report["baseline"]["map50"] == entry.metrics.map50
+
+
+def test_export_refuses_bad_requests(loop: Loop) -> None:
+    base = [
+        "train",
+        "export",
+        "--data",
+        loop.data,
+        "--registry",
+        loop.registry.root,
+        "--out-dir",
+        loop.root / "bin",
+    ]
+    weights = ["--weights", loop.run / "weights" / "best.pt", "--name", "street"]
+    again = curbwatch(*base, *weights, "--version", "1")
+    assert again.returncode == 1 and "street@1 is already registered" in again.stderr
+    bad_zone = {
+        **ZONE_FILE_DATA,
+        "zones": [{**ZONE_FILE_DATA["zones"][0], "vehicle_classes": ["car", "tuk-tuk"]}],
+    }
+    zones = loop.root / "zones" / "bad.yaml"
+    zones.write_text(dump_yaml(bad_zone))
+    refused = curbwatch(*base, *weights, "--version", "2", "--zones", zones)
+    assert refused.returncode == 1 and "classes the model does not know: tuk-tuk" in refused.stderr
+    onnx = curbwatch(
+        *base,
+        "--weights",
+        loop.registry.resolve(loop.registry.get("street@1").file),
+        "--name",
+        "x",
+        "--version",
+        "1",
+    )
+    assert onnx.returncode == 1 and "expected an existing PyTorch weights file (.pt)" in onnx.stderr
+    other = loop.root / "other-report.json"
+    other.write_text(json.dumps({"candidate": {"model_sha256": "0" * 64}, "decision": {"promoted": True}}))
+    mixed = curbwatch(*base, *weights, "--version", "2", "--eval", other)
+    assert mixed.returncode == 1 and "evaluated another model" in mixed.stderr
+    assert not (loop.registry.root / "registry" / "street" / "2.yaml").exists()

@@ -1,0 +1,736 @@
+"""Operator verdicts -> a YOLO detection dataset with a card that says where every image came from.
+
+``curbwatch train dataset`` reads verified cases from the server database: every event of a case
+names a clean evidence frame (by sha256) and the objects the edge saw on it. What becomes of those
+boxes depends on the verdict (:data:`POLICY`): a confirmed case, or one rejected because the rule or
+zone was wrong, keeps its boxes as labels; a case rejected as a false detection turns its frame into
+a hard negative (the boxes are removed, the image stays as background).
+
+Near-identical frames (a parked car seen by the start, update and end events of one episode) are
+dropped with a perceptual hash, and the train/validation split keeps whole groups on one side: a
+group is every image of one camera in one time block, joined with every image of the same case
+(``split.py``). After the dedup no two images on different sides are within the duplicate distance,
+so near-identical frames never straddle train and validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import make_url, select
+from sqlalchemy.orm import Session
+
+from curbwatch.schema.events import EventV1, EvidenceRole
+from curbwatch.schema.yamlio import dump_yaml
+from curbwatch.server.cases.workflow import CaseStatus, ClosureType, RejectReason
+from curbwatch.server.db import make_engine
+from curbwatch.server.evidence import EvidenceStore, EvidenceStoreError
+from curbwatch.server.tables import AuditLog, Case, CaseEvent, Event
+from curbwatch.training.metrics import box_iou
+from curbwatch.training.split import HASHES, SplitConfig, SplitError, assign_splits, distances, split_groups
+
+logger = logging.getLogger(__name__)
+
+DATASET_SCHEMA = "curbwatch.dataset.v1"
+CARD_JSON, CARD_MD, DATA_YAML = "dataset_card.json", "dataset_card.md", "data.yaml"
+SPLITS: tuple[str, str] = ("train", "val")
+MIN_BOX_PX = 2.0  # boxes thinner than this after clipping carry no signal
+SQL_CHUNK = 500  # ids per IN (...) clause; keeps statements well under every backend's limits
+
+
+class DatasetError(Exception):
+    """The dataset cannot be built; the message says what to change."""
+
+
+class LabelUse(StrEnum):
+    """What a verdict does with the boxes of its events."""
+
+    LABELS = "labels"  # the boxes are right: they become YOLO labels
+    HARD_NEGATIVE = "hard_negative"  # the boxes are wrong: removed, the frame stays as background
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """What one verdict does with its boxes, and why (written into the dataset card)."""
+
+    use: LabelUse
+    why: str
+
+
+CONFIRMED = "confirmed"
+POLICY: dict[str, PolicyRule] = {
+    CONFIRMED: PolicyRule(
+        LabelUse.LABELS, "the operator confirmed the violation: detector and rule were right"
+    ),
+    RejectReason.FALSE_DETECTION.value: PolicyRule(
+        LabelUse.HARD_NEGATIVE,
+        "the detector saw objects that are not there: the boxes are removed and the frame is kept "
+        "with the remaining labels (often none) so the model learns to stay quiet on it",
+    ),
+    RejectReason.NOT_A_VIOLATION.value: PolicyRule(
+        LabelUse.LABELS, "the objects are real, the rule or zone was wrong: the boxes stay as labels"
+    ),
+    RejectReason.PERMITTED.value: PolicyRule(
+        LabelUse.LABELS, "the objects are real but the activity was permitted: the boxes stay as labels"
+    ),
+    RejectReason.DUPLICATE.value: PolicyRule(
+        LabelUse.LABELS,
+        "a second case of a real violation: the boxes stay as labels (its frames are usually "
+        "near-duplicates of the first case's and get dropped by the perceptual hash)",
+    ),
+}
+"""Verdict (``confirmed`` or a reject reason) -> what its boxes become."""
+
+_CONFIRMED_STATES = frozenset(
+    {
+        CaseStatus.FILED,
+        CaseStatus.DISPATCHED,
+        CaseStatus.IN_PROGRESS,
+        CaseStatus.HANDLED,
+        CaseStatus.CHECKING,
+        CaseStatus.CLOSED,
+    }
+)
+
+
+# ---- the dataset card ----------------------------------------------------------------------------
+
+
+class _Card(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Provenance(_Card):
+    """One verdict that contributed to an image."""
+
+    case_id: str
+    event_id: str
+    verdict: str = Field(description="'confirmed' or the reject reason.")
+    use: LabelUse
+
+
+class ImageRecord(_Card):
+    """One image of the dataset and where it came from."""
+
+    file: str = Field(description="Path relative to the dataset folder.")
+    split: Literal["train", "val"]
+    sha256: str
+    camera: str = Field(description="device_id/camera_id.")
+    ts: datetime
+    width: int
+    height: int
+    labels: dict[str, int] = Field(description="Boxes per class.")
+    removed_boxes: int = Field(description="Boxes removed as false detections.")
+    sources: list[Provenance]
+    group: int = Field(description="Split group: images of one group are all on one side.")
+
+
+class Dropped(_Card):
+    """An event frame that is not in the dataset, and why."""
+
+    case_id: str
+    event_id: str | None = None
+    sha256: str | None = None
+    reason: str
+    duplicate_of: str | None = Field(default=None, description="sha256 of the kept near-duplicate.")
+
+
+class SplitCounts(_Card):
+    images: int
+    boxes: int
+    background_images: int = Field(description="Images with an empty label file (hard negatives).")
+    per_class: dict[str, int]
+    per_camera: dict[str, int] = Field(description="Images per camera.")
+    per_verdict: dict[str, int] = Field(description="Images per verdict that contributed to them.")
+
+
+class DatasetCard(_Card):
+    """What a dataset holds, how it was made and from what."""
+
+    schema_: Literal["curbwatch.dataset.v1"] = Field(default=DATASET_SCHEMA, alias="schema")
+    name: str
+    created_at: datetime
+    source: dict[str, str] = Field(description="Database (password removed) and evidence folder.")
+    class_names: list[str]
+    policy: dict[str, dict[str, str]] = Field(description="Verdict -> use and why.")
+    split: dict[str, Any] = Field(description="How train and validation were separated.")
+    dedup: dict[str, Any] = Field(description="Perceptual hash and the distance that counts as a duplicate.")
+    counts: dict[str, SplitCounts]
+    unmapped_labels: dict[str, int] = Field(description="Boxes whose label is not in class_names (dropped).")
+    cases: dict[str, int] = Field(description="Cases read, by outcome.")
+    images: list[ImageRecord]
+    duplicates: list[Dropped]
+    skipped: list[Dropped]
+    warnings: list[str]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def load_dataset_card(path: Path) -> DatasetCard:
+    """Read ``dataset_card.json`` (or the one beside a ``data.yaml``).
+
+    Raises:
+        DatasetError: Missing or invalid card.
+    """
+    card_path = path.parent / CARD_JSON if path.name == DATA_YAML else path
+    try:
+        return DatasetCard.model_validate_json(card_path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise DatasetError(f"cannot read the dataset card {card_path}: {exc}") from exc
+
+
+# ---- reading verdicts ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Box:
+    label: str
+    xyxy: tuple[float, float, float, float]  # pixels of the event's frame_wh
+
+
+@dataclass
+class _Frame:
+    """One clean evidence frame and every verdict that speaks about it."""
+
+    sha256: str
+    camera: str
+    ts: datetime
+    frame_wh: tuple[int, int]
+    case_id: str
+    keep: list[_Box] = field(default_factory=list)
+    remove: list[_Box] = field(default_factory=list)
+    sources: list[Provenance] = field(default_factory=list)
+
+
+@dataclass
+class _Harvest:
+    frames: dict[str, _Frame] = field(default_factory=dict)
+    skipped: list[Dropped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    cases: Counter[str] = field(default_factory=Counter)
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for first in range(0, len(items), SQL_CHUNK):
+        yield items[first : first + SQL_CHUNK]
+
+
+def _verdict(case: Case, reject_reasons: dict[str, str]) -> str | None:
+    """'confirmed', a reject reason, or None when the case says nothing usable."""
+    status = CaseStatus(case.status)
+    if status is CaseStatus.SUSPENDED and case.suspended_from:
+        status = CaseStatus(case.suspended_from)
+    if status is CaseStatus.VOID:
+        return reject_reasons.get(case.id)
+    if status in _CONFIRMED_STATES and case.closure_type != ClosureType.ERRONEOUS.value:
+        return CONFIRMED
+    return None
+
+
+def _reject_reasons(session: Session, case_ids: Sequence[str]) -> dict[str, str]:
+    """The last reject reason audited for each case."""
+    reasons: dict[str, str] = {}
+    for chunk in _chunks(case_ids):
+        rows = session.execute(
+            select(AuditLog.case_id, AuditLog.reason)
+            .where(AuditLog.action == "reject", AuditLog.case_id.in_(chunk))
+            .order_by(AuditLog.id)
+        )
+        for case_id, reason in rows:
+            if case_id is not None and reason:
+                reasons[case_id] = reason
+    return reasons
+
+
+def _case_events(session: Session, case_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    documents: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for chunk in _chunks(case_ids):
+        rows = session.execute(
+            select(CaseEvent.case_id, Event.document)
+            .join(Event, Event.event_id == CaseEvent.event_id)
+            .where(CaseEvent.case_id.in_(chunk))
+            .order_by(CaseEvent.ts, CaseEvent.event_id)
+        )
+        for case_id, document in rows:
+            documents[case_id].append(document)
+    return documents
+
+
+def _add_event(harvest: _Harvest, case_id: str, verdict: str, document: dict[str, Any]) -> None:
+    try:
+        event = EventV1.model_validate(document)
+    except ValidationError as exc:
+        event_id = document.get("event_id") if isinstance(document, dict) else None
+        harvest.skipped.append(Dropped(case_id=case_id, event_id=event_id, reason=f"invalid event: {exc}"))
+        return
+    clean = next((ref for ref in event.evidence if ref.role is EvidenceRole.CLEAN), None)
+    if clean is None:
+        harvest.skipped.append(Dropped(case_id=case_id, event_id=event.event_id, reason="no clean frame"))
+        return
+    if not event.objects:
+        harvest.skipped.append(
+            Dropped(case_id=case_id, event_id=event.event_id, sha256=clean.sha256, reason="no objects")
+        )
+        return
+    frame = harvest.frames.get(clean.sha256)
+    if frame is None:
+        frame = _Frame(
+            clean.sha256, f"{event.device_id}/{event.camera_id}", event.ts, event.frame_wh, case_id
+        )
+        harvest.frames[clean.sha256] = frame
+    rule = POLICY[verdict]
+    boxes = [_Box(obj.label, obj.xyxy) for obj in event.objects]
+    (frame.keep if rule.use is LabelUse.LABELS else frame.remove).extend(boxes)
+    frame.sources.append(Provenance(case_id=case_id, event_id=event.event_id, verdict=verdict, use=rule.use))
+
+
+def harvest_verdicts(session: Session) -> _Harvest:
+    """Every clean frame of every verified case, with the boxes its verdicts keep and remove."""
+    harvest = _Harvest()
+    cases = list(session.scalars(select(Case).order_by(Case.created_at, Case.id)))
+    case_ids = [case.id for case in cases]
+    reasons = _reject_reasons(session, case_ids)
+    verified = []
+    for case in cases:
+        verdict = _verdict(case, reasons)
+        if verdict is None:
+            harvest.cases["unverified" if case.status == CaseStatus.AWAITING_VERIFICATION else "unclear"] += 1
+            continue
+        if verdict not in POLICY:
+            harvest.cases["unknown_reason"] += 1
+            harvest.warnings.append(f"case {case.id}: unknown reject reason {verdict!r}; skipped")
+            continue
+        harvest.cases[verdict] += 1
+        verified.append((case.id, verdict))
+    events = _case_events(session, [case_id for case_id, _ in verified])
+    for case_id, verdict in verified:
+        for document in events.get(case_id, []):
+            _add_event(harvest, case_id, verdict, document)
+    return harvest
+
+
+# ---- images, labels and duplicates ----------------------------------------------------------------
+
+
+@dataclass
+class _Image:
+    frame: _Frame
+    data: bytes
+    width: int
+    height: int
+    labels: list[tuple[int, tuple[float, float, float, float]]]  # class id, xyxy in image pixels
+    removed: int
+    hash: int
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return float(box_iou(np.asarray([a]), np.asarray([b]))[0, 0])
+
+
+def _scaled(box: _Box, frame_wh: tuple[int, int], size_wh: tuple[int, int]) -> tuple[float, ...]:
+    sx, sy = size_wh[0] / frame_wh[0], size_wh[1] / frame_wh[1]
+    x1, y1, x2, y2 = box.xyxy
+    return (
+        min(max(x1 * sx, 0.0), size_wh[0]),
+        min(max(y1 * sy, 0.0), size_wh[1]),
+        min(max(x2 * sx, 0.0), size_wh[0]),
+        min(max(y2 * sy, 0.0), size_wh[1]),
+    )
+
+
+def _labels_of(
+    frame: _Frame, size_wh: tuple[int, int], class_ids: dict[str, int], unmapped: Counter[str]
+) -> tuple[list[tuple[int, tuple[float, ...]]], int] | None:
+    """Class ids and boxes kept on the frame, and how many were removed; None on conflicting verdicts."""
+    kept: list[tuple[str, tuple[float, ...]]] = []
+    for box in frame.keep:
+        xyxy = _scaled(box, frame.frame_wh, size_wh)
+        if xyxy[2] - xyxy[0] < MIN_BOX_PX or xyxy[3] - xyxy[1] < MIN_BOX_PX:
+            continue
+        # The same object seen by two events on one frame is one label.
+        if not any(label == box.label and _overlap(xyxy, other) > 0.9 for label, other in kept):
+            kept.append((box.label, xyxy))
+    removed = [(box.label, _scaled(box, frame.frame_wh, size_wh)) for box in frame.remove]
+    for label, xyxy in kept:
+        if any(label == bad_label and _overlap(xyxy, bad) >= 0.5 for bad_label, bad in removed):
+            return None
+    labels = []
+    for label, xyxy in kept:
+        if label in class_ids:
+            labels.append((class_ids[label], xyxy))
+        else:
+            unmapped[label] += 1
+    return labels, len(removed)
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+
+
+def _redacted(database_url: str) -> str:
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _yolo_line(class_id: int, xyxy: tuple[float, ...], width: int, height: int) -> str:
+    x1, y1, x2, y2 = xyxy
+    cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
+    return f"{class_id} {cx:.6f} {cy:.6f} {(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}"
+
+
+def _counts(records: list[ImageRecord], split: str) -> SplitCounts:
+    chosen = [record for record in records if record.split == split]
+    per_class: Counter[str] = Counter()
+    for record in chosen:
+        per_class.update(record.labels)
+    verdicts: Counter[str] = Counter()
+    for record in chosen:
+        verdicts.update({source.verdict for source in record.sources})
+    return SplitCounts(
+        images=len(chosen),
+        boxes=sum(per_class.values()),
+        background_images=sum(1 for record in chosen if not record.labels),
+        per_class=dict(sorted(per_class.items())),
+        per_camera=dict(sorted(Counter(record.camera for record in chosen).items())),
+        per_verdict=dict(sorted(verdicts.items())),
+    )
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DatasetError(f"{out} exists and is not empty; pass --overwrite to replace the dataset")
+        if not (out / CARD_JSON).is_file():
+            raise DatasetError(f"{out} is not a dataset folder (no {CARD_JSON}); refusing to overwrite it")
+        for child in ("images", "labels"):
+            shutil.rmtree(out / child, ignore_errors=True)
+    for split in SPLITS:
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """What :func:`export_dataset` wrote."""
+
+    out: Path
+    data_yaml: Path
+    card_path: Path
+    card: DatasetCard
+
+
+def _load_images(
+    harvest: _Harvest, store: EvidenceStore, class_ids: dict[str, int], hash_fn: Any, unmapped: Counter[str]
+) -> list[_Image]:
+    images = []
+    for frame in sorted(harvest.frames.values(), key=lambda f: (f.camera, f.ts, f.sha256)):
+        first = frame.sources[0]
+        try:
+            data = store.read(frame.sha256)
+        except EvidenceStoreError as exc:
+            message = f"case {frame.case_id}: evidence {frame.sha256}: {exc}"
+            harvest.skipped.append(
+                Dropped(case_id=frame.case_id, event_id=first.event_id, sha256=frame.sha256, reason=str(exc))
+            )
+            harvest.warnings.append(message)
+            logger.warning("skipped %s", message)
+            continue
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            reason = "corrupt image: not a decodable JPEG/PNG"
+            harvest.skipped.append(
+                Dropped(case_id=frame.case_id, event_id=first.event_id, sha256=frame.sha256, reason=reason)
+            )
+            harvest.warnings.append(f"case {frame.case_id}: evidence {frame.sha256}: {reason}")
+            logger.warning("skipped corrupt evidence %s of case %s", frame.sha256, frame.case_id)
+            continue
+        height, width = image.shape[:2]
+        found = _labels_of(frame, (width, height), class_ids, unmapped)
+        if found is None:
+            reason = "conflicting verdicts: a box is both confirmed and rejected as a false detection"
+            harvest.skipped.append(Dropped(case_id=frame.case_id, sha256=frame.sha256, reason=reason))
+            harvest.warnings.append(f"evidence {frame.sha256}: {reason}")
+            continue
+        labels, removed = found
+        images.append(_Image(frame, data, width, height, labels, removed, hash_fn(image)))
+    return images
+
+
+def _dedup(images: list[_Image], max_distance: int) -> tuple[list[_Image], list[Dropped]]:
+    """Keep the first of every set of near-identical images (in camera and time order)."""
+    kept: list[_Image] = []
+    kept_hashes: list[int] = []
+    dropped = []
+    for image in images:
+        if kept_hashes:
+            apart = distances(np.asarray(kept_hashes, np.uint64), image.hash)
+            nearest = int(np.argmin(apart))
+            if int(apart[nearest]) <= max_distance:
+                dropped.append(
+                    Dropped(
+                        case_id=image.frame.case_id,
+                        event_id=image.frame.sources[0].event_id,
+                        sha256=image.frame.sha256,
+                        reason=f"near-duplicate ({int(apart[nearest])} bits apart)",
+                        duplicate_of=kept[nearest].frame.sha256,
+                    )
+                )
+                continue
+        kept.append(image)
+        kept_hashes.append(image.hash)
+    return kept, dropped
+
+
+def export_dataset(
+    database_url: str,
+    evidence_dir: Path,
+    out: Path,
+    *,
+    now: datetime,
+    class_names: Sequence[str] | None = None,
+    split: SplitConfig | None = None,
+    hash_name: Literal["phash", "dhash"] = "phash",
+    duplicate_distance: int = 4,
+    overwrite: bool = False,
+) -> DatasetResult:
+    """Build a YOLO dataset from the verified cases of a server database.
+
+    Args:
+        database_url: The server's SQLAlchemy URL (read only).
+        evidence_dir: Root of the server's evidence store.
+        out: Dataset folder to create (``images/``, ``labels/``, ``data.yaml``, the card).
+        now: Creation time for the card.
+        class_names: Class list in model output order; labels outside it are dropped and counted.
+            None: the labels found, sorted.
+        split: How train and validation are kept apart.
+        hash_name: Perceptual hash for near-duplicates.
+        duplicate_distance: Images whose hashes differ by at most this many bits are duplicates.
+        overwrite: Replace an earlier dataset in ``out``.
+
+    Raises:
+        DatasetError: No usable verified case, too little data to split, or ``out`` is in the way.
+    """
+    split = split or SplitConfig()
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            harvest = harvest_verdicts(session)
+    finally:
+        engine.dispose()
+    if not harvest.frames:
+        counts = ", ".join(f"{n} {what}" for what, n in sorted(harvest.cases.items())) or "no cases"
+        raise DatasetError(
+            f"no verified case with a clean evidence frame and objects in {_redacted(database_url)} "
+            f"({counts}); confirm or reject cases in the operator UI first"
+        )
+    if class_names is None:
+        seen = {box.label for frame in harvest.frames.values() for box in (*frame.keep, *frame.remove)}
+        class_names = sorted(seen)
+        logger.warning("no class list given: using the labels found, sorted: %s", ", ".join(class_names))
+    class_ids = {name: index for index, name in enumerate(class_names)}
+    unmapped: Counter[str] = Counter()
+    images = _load_images(harvest, EvidenceStore(evidence_dir), class_ids, HASHES[hash_name], unmapped)
+    if not images:
+        raise DatasetError(
+            f"none of the {len(harvest.frames)} evidence frames of verified cases could be read from "
+            f"{evidence_dir}: {'; '.join(harvest.warnings[:3])}"
+        )
+    images, duplicates = _dedup(images, duplicate_distance)
+    groups = split_groups(
+        [image.frame.camera for image in images],
+        [image.frame.ts for image in images],
+        [image.frame.case_id for image in images],
+        split.block_s,
+    )
+    try:
+        sides = assign_splits(groups, split)
+    except SplitError as exc:
+        raise DatasetError(str(exc)) from exc
+    if unmapped:
+        harvest.warnings.append(
+            "labels not in the class list were dropped: "
+            + ", ".join(f"{label} ({n})" for label, n in sorted(unmapped.items()))
+        )
+    _prepare_out(out, overwrite)
+    records = [
+        _write_image(out, image, side, group, class_names)
+        for image, side, group in zip(images, sides, groups, strict=True)
+    ]
+    card = DatasetCard(
+        name=out.name,
+        created_at=now.astimezone(UTC),
+        source={"database": _redacted(database_url), "evidence_dir": str(evidence_dir)},
+        class_names=list(class_names),
+        policy={verdict: {"use": rule.use.value, "why": rule.why} for verdict, rule in POLICY.items()},
+        split={
+            "method": "group split: a group joins the images of one camera within one time block and the "
+            "images of one case; each group goes wholly to train or to val. Near-duplicates were dropped "
+            "before, so no two images on different sides are within the duplicate distance",
+            "val_fraction": split.val_fraction,
+            "block_s": split.block_s,
+            "seed": split.seed,
+            "groups": {
+                side: len({g for g, s in zip(groups, sides, strict=True) if s == side}) for side in SPLITS
+            },
+        },
+        dedup={
+            "hash": hash_name,
+            "bits": 64,
+            "max_distance_bits": duplicate_distance,
+            "dropped": len(duplicates),
+        },
+        counts={side: _counts(records, side) for side in SPLITS},
+        unmapped_labels=dict(sorted(unmapped.items())),
+        cases=dict(sorted(harvest.cases.items())),
+        images=records,
+        duplicates=duplicates,
+        skipped=harvest.skipped,
+        warnings=harvest.warnings,
+    )
+    data_yaml = out / DATA_YAML
+    # No 'path' key: Ultralytics then resolves train/val against this file's folder, so the
+    # dataset can be moved as a whole.
+    data_yaml.write_text(
+        dump_yaml({"train": "images/train", "val": "images/val", "names": dict(enumerate(class_names))}),
+        encoding="utf-8",
+    )
+    card_path = out / CARD_JSON
+    card_path.write_text(card.model_dump_json(by_alias=True, indent=1) + "\n", encoding="utf-8")
+    (out / CARD_MD).write_text(render_card_markdown(card), encoding="utf-8")
+    logger.info(
+        "dataset %s: %d train, %d val images, %d duplicates dropped, %d skipped",
+        out,
+        card.counts["train"].images,
+        card.counts["val"].images,
+        len(duplicates),
+        len(harvest.skipped),
+    )
+    return DatasetResult(out, data_yaml, card_path, card)
+
+
+def _write_image(out: Path, image: _Image, side: str, group: int, class_names: Sequence[str]) -> ImageRecord:
+    stem = image.frame.sha256[:16]
+    relative = f"images/{side}/{stem}.jpg"
+    # The evidence bytes as stored, so the file still hashes to the sha256 in the card.
+    (out / relative).write_bytes(image.data)
+    lines = [_yolo_line(class_id, xyxy, image.width, image.height) for class_id, xyxy in image.labels]
+    (out / "labels" / side / f"{stem}.txt").write_text(
+        "".join(line + "\n" for line in lines), encoding="utf-8"
+    )
+    return ImageRecord(
+        file=relative,
+        split=side,  # type: ignore[arg-type]
+        sha256=image.frame.sha256,
+        camera=image.frame.camera,
+        ts=image.frame.ts,
+        width=image.width,
+        height=image.height,
+        labels=dict(sorted(Counter(class_names[class_id] for class_id, _ in image.labels).items())),
+        removed_boxes=image.removed,
+        sources=image.frame.sources,
+        group=group,
+    )
+
+
+def render_card_markdown(card: DatasetCard) -> str:
+    """The dataset card for people: counts, policy, split, warnings and every image's provenance."""
+    lines = [
+        f"# Dataset card: {card.name}",
+        "",
+        f"Created {card.created_at.isoformat()} from `{card.source['database']}` "
+        f"(evidence `{card.source['evidence_dir']}`). Classes: {', '.join(card.class_names)}.",
+        "",
+        "## Counts",
+        "",
+        "| split | images | boxes | background images | " + " | ".join(card.class_names) + " |",
+        "|---|---|---|---|" + "---|" * len(card.class_names),
+    ]
+    for side, counts in card.counts.items():
+        per_class = " | ".join(str(counts.per_class.get(name, 0)) for name in card.class_names)
+        lines.append(
+            f"| {side} | {counts.images} | {counts.boxes} | {counts.background_images} | {per_class} |"
+        )
+    lines += ["", "| camera | train images | val images |", "|---|---|---|"]
+    cameras = sorted({*card.counts["train"].per_camera, *card.counts["val"].per_camera})
+    for camera in cameras:
+        lines.append(
+            f"| {camera} | {card.counts['train'].per_camera.get(camera, 0)} | "
+            f"{card.counts['val'].per_camera.get(camera, 0)} |"
+        )
+    lines += [
+        "",
+        "Cases read: " + (", ".join(f"{what} {n}" for what, n in card.cases.items()) or "none") + ".",
+        "",
+        "## Label policy",
+        "",
+        "Boxes come from the objects of each event (the ones that took part in the violation); other "
+        "objects in a frame are not labelled.",
+        "",
+        "| verdict | boxes become | why |",
+        "|---|---|---|",
+        *(f"| {verdict} | {rule['use']} | {rule['why']} |" for verdict, rule in card.policy.items()),
+        "",
+        "A frame whose box is both confirmed and rejected as a false detection is skipped. A case closed "
+        "as erroneous, and cases still awaiting verification, are not used.",
+        "",
+        "## Split and duplicates",
+        "",
+        f"{card.split['method']}. Block length {card.split['block_s']:g} s, target validation share "
+        f"{card.split['val_fraction']:.0%}, seed {card.split['seed']}; groups: {card.split['groups']}.",
+        "",
+        f"Near-duplicates: {card.dedup['hash']} (64 bits) within {card.dedup['max_distance_bits']} bits "
+        f"of an earlier image of the dataset; {len(card.duplicates)} dropped.",
+        "",
+    ]
+    if card.unmapped_labels:
+        lines += [
+            "Labels not in the class list (boxes dropped): "
+            + ", ".join(f"{label} {n}" for label, n in card.unmapped_labels.items()),
+            "",
+        ]
+    lines += ["## Warnings", ""]
+    lines += [f"- {warning}" for warning in card.warnings] or ["None."]
+    lines += ["", "## Skipped frames", ""]
+    if card.skipped:
+        lines += ["| case | event | sha256 | reason |", "|---|---|---|---|"]
+        lines += [
+            f"| {d.case_id} | {d.event_id or ''} | {d.sha256 or ''} | {d.reason} |" for d in card.skipped
+        ]
+    else:
+        lines.append("None.")
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        "| file | split | camera | ts | labels | removed | verdicts (case / event) | sha256 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for record in card.images:
+        labels = ", ".join(f"{name} {n}" for name, n in record.labels.items()) or "background"
+        sources = "; ".join(f"{s.verdict} ({s.case_id} / {s.event_id})" for s in record.sources)
+        lines.append(
+            f"| {record.file} | {record.split} | {record.camera} | {record.ts.isoformat()} | {labels} | "
+            f"{record.removed_boxes} | {sources} | {record.sha256} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def card_summary(card: DatasetCard) -> str:
+    """One line per split for the command line."""
+    return (
+        "\n".join(
+            f"{side}: {counts.images} images, {counts.boxes} boxes, {counts.background_images} background"
+            for side, counts in card.counts.items()
+        )
+        + f"\n{len(card.duplicates)} near-duplicates dropped, {len(card.skipped)} frames skipped"
+        + (f", {len(card.warnings)} warnings (see the card)" if card.warnings else "")
+    )
