@@ -32,7 +32,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not train"
 
 bench: setup
-	$(BIN)/python -m tools.bench && $(BIN)/python -m tools.bench_delivery && $(BIN)/python -m tools.bench_training
+	$(BIN)/python -m tools.bench && $(BIN)/python -m tools.bench_delivery \
+		&& $(BIN)/python -m tools.bench_cases && $(BIN)/python -m tools.bench_review && $(BIN)/python -m tools.bench_training
 
 # Delivery only: private Mosquitto, SQLite and PostgreSQL (127.0.0.1:5432); about 7 minutes on 2 cores.
 bench-delivery: setup

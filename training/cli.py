@@ -13,13 +13,13 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from curbwatch.training.registry_cli import DEFAULT_REGISTRY, RegistryOption
+
 train_app = typer.Typer(
     no_args_is_help=True,
     help="Retraining loop: dataset from verdicts, training, evaluation gate, ONNX/INT8 export.",
 )
 
-RegistryOption = Annotated[Path, typer.Option("--registry", help="Models folder holding the registry cards.")]
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "models"
 NOT_PROMOTED_EXIT = 2
 
 

@@ -236,8 +236,10 @@ def load_split(data_yaml: Path, split: str = "val") -> LabelledSplit:
     entry = tree.get(split)
     if not entry:
         raise EvaluationError(f"{data_yaml}: no '{split}' split")
-    root = Path(tree.get("path") or data_yaml.parent)
-    root = root if root.is_absolute() else data_yaml.parent / root
+    declared = tree.get("path")
+    root = Path(declared) if declared else data_yaml.parent
+    if declared and not root.is_absolute() and not root.exists():
+        root = data_yaml.parent / root
     folders = [root / item for item in (entry if isinstance(entry, list) else [entry])]
     files = []
     for folder in folders:

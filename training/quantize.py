@@ -14,6 +14,7 @@ intra-op threads; accuracy is mAP50 of both through the edge detector on the sam
 from __future__ import annotations
 
 import logging
+import os
 import re
 import statistics
 import tempfile
@@ -176,21 +177,29 @@ def quantize_int8(
     return out, len(excluded), description
 
 
-def median_run_ms(model: Path, tensors: Sequence[np.ndarray], threads: int, runs: int) -> float:
-    """Median wall time of one ``session.run`` (edge session settings), cycling over ``tensors``."""
+def median_run_ms(
+    models: Sequence[Path], tensors: Sequence[np.ndarray], threads: int, runs: int
+) -> list[float]:
+    """Median wall time of one ``session.run`` of each model (edge session settings).
+
+    The models take turns on the same input, run after run, so a busy machine slows them alike and
+    the ratio of their times stays fair.
+    """
     from curbwatch.edge.detect.onnx import DetectorConfig, open_session
 
-    session = open_session(DetectorConfig(model_path=model, intra_op_threads=threads))
-    name = session.get_inputs()[0].name
-    for tensor in tensors[: min(3, len(tensors))]:
-        session.run(None, {name: tensor})
-    times = []
+    sessions = [open_session(DetectorConfig(model_path=model, intra_op_threads=threads)) for model in models]
+    names = [session.get_inputs()[0].name for session in sessions]
+    for session, name in zip(sessions, names, strict=True):
+        for tensor in tensors[: min(3, len(tensors))]:
+            session.run(None, {name: tensor})
+    times: list[list[float]] = [[] for _ in sessions]
     for index in range(runs):
         tensor = tensors[index % len(tensors)]
-        start = time.perf_counter()
-        session.run(None, {name: tensor})
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+        for session, name, spent in zip(sessions, names, times, strict=True):
+            start = time.perf_counter()
+            session.run(None, {name: tensor})
+            spent.append(time.perf_counter() - start)
+    return [1000.0 * statistics.median(spent) for spent in times]
 
 
 def _map50(model: Path, images: Sequence[Path], truth: Sequence, class_names: Sequence[str]) -> float:
@@ -234,9 +243,9 @@ def compare_int8(
     truth = [item.truth for item in labelled.images]
     tensors = edge_inputs(fp32, paths[:speed_images])
     speed = []
+    load = os.getloadavg()[0]
     for count in threads:
-        fp32_ms = median_run_ms(fp32, tensors, count, runs)
-        int8_ms = median_run_ms(int8, tensors, count, runs)
+        fp32_ms, int8_ms = median_run_ms([fp32, int8], tensors, count, runs)
         speed.append(
             SpeedRow(
                 threads=count,
@@ -258,6 +267,7 @@ def compare_int8(
         speed=speed,
         speed_images=len(tensors),
         runs=runs,
+        load_average=round(load, 2),
         accuracy_images=len(paths),
         map50_fp32=round(map_fp32, 4),
         map50_int8=round(map_int8, 4),

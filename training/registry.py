@@ -102,7 +102,12 @@ class Quantization(_Card):
     excluded_nodes: int = Field(description="Detect-head decoding nodes kept in float.")
     speed: list[SpeedRow]
     speed_images: int = Field(description="Distinct inputs the timings cycled over.")
-    runs: int = Field(description="session.run calls timed per model and thread count.")
+    runs: int = Field(
+        description="session.run calls timed per model and thread count (the models alternate)."
+    )
+    load_average: float | None = Field(
+        default=None, description="1-minute load average as timing began: other processes share the cores."
+    )
     accuracy_images: int
     map50_fp32: float
     map50_int8: float

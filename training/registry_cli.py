@@ -10,9 +10,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from curbwatch.training.registry import DEFAULT_REGISTRY
+
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: one card per model version.")
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "models"
 RegistryOption = Annotated[Path, typer.Option("--registry", help="Models folder holding the registry cards.")]
 
 

@@ -21,13 +21,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curbwatch.schema.events import Sha256, UtcDatetime
+from curbwatch.schema.events import EvidenceRefV1, ModelRefV1, Sha256, UtcDatetime
 
 PROTOCOL_VERSION = "v1"
 ROOT = f"curbwatch/{PROTOCOL_VERSION}"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_ENVELOPE_BYTES = 256 * 1024  # an event document with its evidence references is a few KB
 MAX_EVIDENCE_BYTES = 4 * 1024 * 1024  # a 1080p JPEG at quality 90 is well under 1 MB
+MODEL_CHUNK_BYTES = 1024 * 1024  # model updates travel in pieces no larger than evidence images
+MAX_MODEL_BYTES = 512 * 1024 * 1024  # a detector the edge would accept; yolov8n is about 12 MB
 
 
 class Channel(StrEnum):
@@ -42,6 +44,8 @@ class Channel(StrEnum):
     CONFIG_REPORTED = "config/reported"  # edge -> server, retained, ReportedConfigV1
     COMMAND = "command"  # server -> edge, QoS 1, CommandV1
     COMMAND_RESULT = "command/result"  # edge -> server, QoS 1, CommandResultV1
+    MODEL = "model"  # server -> edge, QoS 1, not retained, raw model bytes; topic ends <sha256>/<chunk>
+    SAMPLE = "sample"  # edge -> server, QoS 1, signed EnvelopeV1 around a SampleV1, acked like events
 
 
 def topic(device_id: str, channel: Channel, *suffix: str) -> str:
@@ -160,8 +164,8 @@ class AckStatus(StrEnum):
 
 
 class AckItemV1(_Wire):
-    kind: Literal["event", "evidence"]
-    id: str = Field(description="message_id of an event, or sha256 of an evidence image.")
+    kind: Literal["event", "evidence", "sample"]
+    id: str = Field(description="message_id of an event or a sample, or sha256 of an evidence image.")
     status: AckStatus
     reason: str | None = None
 
@@ -237,7 +241,7 @@ class CommandV1(_Wire):
 
     schema_: Literal["curbwatch.command.v1"] = Field(default="curbwatch.command.v1", alias="schema")
     correlation_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    name: Literal["snapshot", "recheck_zone", "ping"]
+    name: Literal["snapshot", "recheck_zone", "ping", "update_model"]
     args: dict[str, Any] = Field(default_factory=dict)
     sig: str = Field(pattern=r"^[0-9a-f]{64}$")
 
@@ -250,6 +254,67 @@ class CommandResultV1(_Wire):
     ok: bool
     result: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+
+
+class SampleDetectionV1(_Wire):
+    """One detection of a sampled frame, as the detector gave it."""
+
+    label: str = Field(min_length=1, max_length=64)
+    score: float = Field(ge=0, le=1)
+    xyxy: tuple[float, float, float, float] = Field(description="Box in pixels of the sample's frame_wh.")
+    uncertain: bool = Field(description="Whether this detection made the frame worth labelling.")
+
+
+class SampleV1(_Wire):
+    """A frame the edge picked for labelling (``edge/sampling.py``): the payload of an envelope on
+    ``Channel.SAMPLE``, whose ``message_id`` is the ``sample_id``. The image travels as evidence."""
+
+    schema_: Literal["curbwatch.sample.v1"] = Field(default="curbwatch.sample.v1", alias="schema")
+    sample_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="Derived from camera and frame time.")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    camera_id: str = Field(min_length=1, max_length=64)
+    ts: UtcDatetime = Field(description="Frame time of the sampled frame.")
+    frame_wh: tuple[int, int]
+    model: ModelRefV1 | None = Field(default=None, description="Detector that gave the detections.")
+    image: EvidenceRefV1 = Field(description="The frame, privacy masks applied and heads blurred.")
+    reason: Literal["uncertain"] = Field(description="Why it was sampled.")
+    score_band: tuple[float, float] = Field(description="The [low, high) score band that was uncertain.")
+    detections: list[SampleDetectionV1] = Field(max_length=1000)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelUpdateArgsV1(_Wire):
+    """The ``args`` of an ``update_model`` command: which model, and how its bytes arrive.
+
+    The bytes follow the command on ``model/<sha256>/<index>`` (``index`` 0 .. chunks-1), every
+    chunk ``chunk_bytes`` long but the last; the signed sha256 is what makes them trustworthy.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(min_length=1, max_length=64)
+    sha256: Sha256
+    size_bytes: int = Field(gt=0, le=MAX_MODEL_BYTES)
+    chunk_bytes: int = Field(gt=0, le=MODEL_CHUNK_BYTES)
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.size_bytes // self.chunk_bytes)
+
+
+def model_chunk_topic(device_id: str, sha256: str, index: int) -> str:
+    """Where chunk ``index`` of the model ``sha256`` is sent to a device."""
+    return topic(device_id, Channel.MODEL, sha256, str(index))
+
+
+def parse_model_chunk_topic(value: str) -> tuple[str, int]:
+    """The (sha256, chunk index) a model chunk's topic names."""
+    parts = value.split("/")
+    if len(parts) != 6 or parts[3] != Channel.MODEL.value or not re.fullmatch(r"[0-9a-f]{64}", parts[4]):
+        raise ValueError(f"topic {value!r} is not a model chunk topic")
+    if not parts[5].isdigit():
+        raise ValueError(f"topic {value!r} names no chunk index")
+    return parts[4], int(parts[5])
 
 
 def evidence_digest(data: bytes) -> Sha256:

@@ -3,8 +3,8 @@
 Nothing here writes. The list is keyset-paged on ``(created_at, id)`` (oldest first), so a page
 costs the same at the millionth case as at the first and a case filed meanwhile never shifts a
 page; the cursor is opaque to clients. Each page is two queries whatever its size: the cases, then
-the thumbnail of each. Which images an event references, and who may see them, is read from
-``evidence_refs`` (filed with the events at ingest), never from the event documents.
+the thumbnail of each. Thumbnails and who may see an image come from ``evidence_refs`` (filed
+with the events at ingest) by index, not from searching the event documents.
 """
 
 from __future__ import annotations

@@ -289,7 +289,8 @@ def test_operator_confirms_one_arriving_case_and_rejects_another(stand: Stand, b
     _arrives(page, stand, PARKED_VAN)
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/cases/[0-9a-f]{32}\?queue=1$"))
-    page.wait_for_function("document.getElementById('evidence-main').naturalWidth > 0")
+    # Polled through the locator: wait_for_function would eval a string, which the CSP forbids.
+    expect(page.locator("#evidence-main")).not_to_have_js_property("naturalWidth", 0)
     page.screenshot(path=str(SCREENSHOTS / "review-case.png"), full_page=True)
     page.keyboard.press("c")
     expect(page).to_have_url(queue)  # nothing else awaits verification: back to the queue

@@ -148,7 +148,8 @@ def test_supervisor_draws_drags_and_publishes_a_zone(stand: Stand, browser: Any)
     from playwright.sync_api import expect
 
     page, failures = signed_in_page(browser, stand, f"/cameras/{stand.camera}")
-    page.wait_for_function("document.getElementById('snapshot').naturalWidth > 0")
+    # Polled through the locator: wait_for_function would eval a string, which the CSP forbids.
+    expect(page.locator("#snapshot")).to_have_js_property("naturalWidth", FRAME_WH[0])
     expect(page.locator("#config-facts")).to_contain_text("runs its own zone file")
 
     # Four clicks on the snapshot make the polygon, in the image's own pixels.
@@ -208,7 +209,7 @@ def test_cameras_list_and_dashboard_render(stand: Stand, browser: Any) -> None:
     row = page.locator("#camera-rows tr").first
     expect(row).to_contain_text(stand.camera)
     expect(row.locator(".dot-online")).to_have_count(1)
-    page.wait_for_function("document.querySelector('#camera-rows img').naturalWidth > 0")
+    expect(row.locator("img")).to_have_js_property("naturalWidth", FRAME_WH[0])
     page.goto(f"{stand.url}/dashboard")
     expect(page.locator("#tiles .tile")).to_have_count(5)
     expect(page.locator("#chart-daily svg rect.bar")).to_have_count(30)

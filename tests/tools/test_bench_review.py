@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from curbwatch.server.audit import verify_chain
 from curbwatch.server.db import make_engine, make_session_factory
-from curbwatch.server.tables import AuditLog, Case, CaseEvent
+from curbwatch.server.tables import AuditLog, Case, CaseEvent, EvidenceRef
 from tests.tools.test_bench_delivery import postgres_usable
 from tools.bench_review import MARKS, main
 from tools.delivery_report import END_MARK, START_MARK
@@ -47,6 +47,8 @@ def test_a_tiny_run_writes_only_its_own_section(tmp_path: Path) -> None:
     with make_session_factory(engine)() as session:
         assert session.scalar(select(func.count()).select_from(Case)) == 600
         assert session.scalar(select(func.count()).select_from(CaseEvent)) == results[0].filled.events
+        # clean, annotated and crop of each event, as the ingest files them
+        assert session.scalar(select(func.count()).select_from(EvidenceRef)) == 3 * results[0].filled.events
         # one open_case per case, one confirm or reject per verified case, plus the bench user's entry
         assert session.scalar(select(func.count()).select_from(AuditLog)) == results[0].filled.audit + 1
         assert verify_chain(session) == []

@@ -80,9 +80,10 @@ def write_dataset(
     return data
 
 
-def test_load_split_reads_pixels(tmp_path: Path) -> None:
-    data = write_dataset(tmp_path, {"a": "0 0.5 0.5 0.2 0.4\n1 0.25 0.5 0.1 0.2\n", "b": ""})
-    split = load_split(data, "val")
+def test_load_split_reads_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_dataset(tmp_path / "ds", {"a": "0 0.5 0.5 0.2 0.4\n1 0.25 0.5 0.1 0.2\n", "b": ""})
+    monkeypatch.chdir(tmp_path)
+    split = load_split(Path("ds/data.yaml"), "val")  # relative to the working directory
     assert split.class_names == NAMES
     a, b = split.images
     np.testing.assert_allclose(a.truth.xyxy, [[80, 30, 120, 70], [40, 40, 60, 60]])

@@ -35,7 +35,8 @@ def test_devices_and_cameras_are_listed_for_operators(web: WebApp) -> None:
     listed = {item["camera_id"]: item for item in client.get("/api/v1/cameras").json()}
     detail = client.get(f"/api/v1/cameras/{camera}").json()
     for item in (listed[camera], detail):  # the clock moved between the two requests
-        assert 20 <= item["device"].pop("heartbeat_age_s") < 60
+        # Wall-clock age: bounded below the 180 s "stale" limit, however slow the machine.
+        assert 20 <= item["device"].pop("heartbeat_age_s") < 170
     assert listed[camera] == detail
     assert detail["device"]["device_id"] == device_id and detail["metrics"]["fps"] == 5.0
     assert detail["snapshot"]["url"] == f"/evidence/{images['annotated']}"
