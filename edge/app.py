@@ -78,7 +78,7 @@ def run_edge(config: EdgeConfig) -> dict[str, CameraReport]:
         if uplink is not None:
             sinks.append(uplink.sink)
             stack.callback(uplink.stop)
-        runner = EdgeRunner(config, TeeSink(sinks))
+        runner = EdgeRunner(config, TeeSink(sinks), samples=uplink.sink if uplink else None)
         if uplink is not None:
             uplink.start(runner)
         stop_signals = (signal.SIGINT, signal.SIGTERM)

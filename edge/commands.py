@@ -9,6 +9,8 @@ nothing in it can be trusted, not even its correlation id.
   reaches the server with the ordinary ack and retry. The result names its ``sha256``, the
   ``camera_id`` and the frame time ``ts``.
 - ``ping``: answers ok.
+- ``update_model``: starts a model update (``edge/rollout.py``); it is answered once the update is
+  settled (applied, rolled back or failed), not at once.
 
 Anything else, an unknown camera, or a camera without a frame yet is answered ``ok=false`` with
 why. A command seen again (a redelivery, or a replay of a captured one) gets the first answer
@@ -26,9 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from curbwatch.edge.evidence import PERSON_LABEL, EvidenceWriter
-from curbwatch.edge.messages import Detections, Frame, Track
+from curbwatch.edge.evidence import EvidenceWriter, people_in
+from curbwatch.edge.messages import Detections, Frame
 from curbwatch.edge.outbox import Outbox
+from curbwatch.edge.rollout import ModelUpdater, UpdateRefused
 from curbwatch.schema.protocol import CommandResultV1, CommandV1, verify
 
 logger = logging.getLogger(__name__)
@@ -65,14 +68,18 @@ class Commands:
         source: The running edge: cameras, their last frames, the detector and the evidence store.
         outbox: Where snapshot images are queued for delivery.
         key: The device's HMAC key, which the server signs commands with.
+        updater: Carries out model updates; without one, ``update_model`` is refused.
 
     Example:
         >>> commands = Commands(runner, uplink.outbox, key)
         >>> result = commands.handle(message.payload)  # publish it on command/result, QoS 1
     """
 
-    def __init__(self, source: SnapshotSource, outbox: Outbox, key: bytes) -> None:
+    def __init__(
+        self, source: SnapshotSource, outbox: Outbox, key: bytes, updater: ModelUpdater | None = None
+    ) -> None:
         self._source = source
+        self._updater = updater
         self._outbox = outbox
         self._key = key
         self._answers: OrderedDict[str, CommandResultV1] = OrderedDict()
@@ -89,6 +96,8 @@ class Commands:
             logger.info("command %s seen before; answering as before", command.correlation_id)
             return known
         correlation_id = command.correlation_id
+        if command.name == "update_model" and self._updater is not None:
+            return self._update(command)
         try:
             result = CommandResultV1(correlation_id=correlation_id, ok=True, result=self._run(command))
         except CommandFailed as exc:
@@ -98,6 +107,20 @@ class Commands:
         if len(self._answers) > REMEMBERED_ANSWERS:
             self._answers.popitem(last=False)
         return result
+
+    def _update(self, command: CommandV1) -> CommandResultV1 | None:
+        """Start a model update; its answer follows when it is settled (None now)."""
+        assert self._updater is not None  # checked by the caller
+        try:
+            self._updater.begin(command)
+        except UpdateRefused as exc:
+            logger.warning("update_model %s refused: %s", command.correlation_id, exc)
+            result = CommandResultV1(
+                correlation_id=command.correlation_id, ok=False, result={"state": "failed"}, error=str(exc)
+            )
+            self._answers[command.correlation_id] = result
+            return result
+        return None
 
     def _parse(self, payload: bytes) -> CommandV1:
         try:
@@ -132,7 +155,7 @@ class Commands:
         frame = self._source.latest_frame(camera_id)
         if frame is None:
             raise CommandFailed(f"camera {camera_id} has no frame yet")
-        people = _people(self._source.detect(frame.image), frame.ts)
+        people = people_in(self._source.detect(frame.image), frame.ts)
         writer = self._source.evidence
         ref = writer.write_snapshot(frame, people, command.correlation_id)
         self._outbox.put_evidence(ref.sha256, writer.config.root / ref.path)
@@ -142,23 +165,3 @@ class Commands:
             "camera_id": camera_id,
             "ts": datetime.fromtimestamp(frame.ts, UTC).isoformat(),
         }
-
-
-def _people(detections: Detections, ts: float) -> tuple[Track, ...]:
-    """The person detections, as the boxes the face blurrer takes."""
-    return tuple(
-        Track(
-            track_id=n,
-            label=label,
-            score=float(score),
-            xyxy=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-            first_seen_ts=ts,
-            last_seen_ts=ts,
-            stationary_since_ts=None,
-            matched=True,
-        )
-        for n, (label, score, box) in enumerate(
-            zip(detections.labels, detections.scores, detections.xyxy, strict=True)
-        )
-        if label == PERSON_LABEL
-    )

@@ -19,6 +19,7 @@ from curbwatch.edge.outbox import OutboxConfig
 from curbwatch.edge.publisher import PublisherConfig
 from curbwatch.edge.rules.bins import BinRuleConfig
 from curbwatch.edge.rules.config import RulesConfig
+from curbwatch.edge.sampling import SamplingConfig
 from curbwatch.edge.sources import SourceConfig
 from curbwatch.edge.track import TrackerConfig
 from curbwatch.schema.yamlio import load_yaml_model
@@ -121,6 +122,11 @@ class EdgeConfig(_Strict):
     )
     evidence: EvidenceConfig = Field(title="Evidence", description="Where evidence images are stored.")
     output: OutputConfig = Field(default_factory=OutputConfig, title="Output")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig,
+        title="Labelling samples",
+        description="Frames with uncertain detections, kept (and sent, with delivery) for labelling.",
+    )
     delivery: DeliveryConfig | None = Field(
         default=None,
         title="Delivery",

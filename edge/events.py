@@ -16,7 +16,8 @@ class EventBuilder:
     Args:
         device_id: The edge box's id.
         zone_file: The camera's zones (event-code table, location).
-        model: Provenance of the detector, or None in replay.
+        model: Provenance of the detector, or None in replay; a callable gives the model in force
+            at each event (a model update swaps it while the camera runs).
         estimator: Name of the bin-state estimator, reported on bin events.
         new_id: Event-id factory; tests inject a deterministic one.
 
@@ -29,7 +30,7 @@ class EventBuilder:
         self,
         device_id: str,
         zone_file: ZoneFile,
-        model: ModelRefV1 | None,
+        model: ModelRefV1 | Callable[[], ModelRefV1] | None,
         estimator: str | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
@@ -72,7 +73,7 @@ class EventBuilder:
             objects=[_object(track, episode.ts) for track in episode.objects],
             state_score=episode.state_score,
             evidence=list(evidence),
-            model=self._model if episode.objects else None,
+            model=(self._model() if callable(self._model) else self._model) if episode.objects else None,
             estimator=self._estimator if episode.state_score is not None else None,
             location=(location.lat, location.lon) if location else None,
         )

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curbwatch.edge.messages import EpisodeEvent, Frame, Track, Tracks
+from curbwatch.edge.messages import Detections, EpisodeEvent, Frame, Track, Tracks
 from curbwatch.schema.events import EvidenceRefV1, EvidenceRole
 from curbwatch.schema.zones import EventCodeEntry
 
@@ -260,7 +260,7 @@ class EvidenceWriter:
                 data = self._encode(item.image)
                 digest = hashlib.sha256(data).hexdigest()
                 relative = folder / f"{stem}-{item.suffix}.jpg"
-                _atomic_write(root / relative, data)
+                atomic_write(root / relative, data)
                 written.append(root / relative)
                 clean = item.role is EvidenceRole.CLEAN
                 clean_sha = digest if clean else clean_sha
@@ -281,7 +281,8 @@ def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the whole file or none of it."""
     # Same-directory temp file + rename: readers see the whole file or none of it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -352,3 +353,23 @@ def _header(
     band[:] = (band * 0.35).astype(np.uint8)
     cv2.putText(out, title, (8, th + 6), _FONT, scale * 1.1, (255, 255, 255), thick, cv2.LINE_AA)
     cv2.putText(out, detail, (8, 2 * th + base + 12), _FONT, scale, (210, 235, 255), thick, cv2.LINE_AA)
+
+
+def people_in(detections: Detections, ts: float) -> tuple[Track, ...]:
+    """The person detections, as the boxes the face blurrer takes."""
+    return tuple(
+        Track(
+            track_id=n,
+            label=label,
+            score=float(score),
+            xyxy=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+            first_seen_ts=ts,
+            last_seen_ts=ts,
+            stationary_since_ts=None,
+            matched=True,
+        )
+        for n, (label, score, box) in enumerate(
+            zip(detections.labels, detections.scores, detections.xyxy, strict=True)
+        )
+        if label == PERSON_LABEL
+    )

@@ -9,6 +9,8 @@ other order too, because redelivery after a drop can reorder them).
 Disk cap priority, from first to last dropped: heartbeats, ``update`` events (with their evidence)
 of episodes that already have a newer update or an end queued. Start and end events are never
 dropped; when only they are left over the cap, new updates and heartbeats are refused, loudly.
+Labelling samples (``edge/sampling.py``) go between the two: dropped right after heartbeats, and a
+new sample never pushes anything out (over the cap it is refused).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from curbwatch.schema.events import EventType, EventV1
-from curbwatch.schema.protocol import MAX_EVIDENCE_BYTES, EnvelopeV1, HeartbeatV1
+from curbwatch.schema.protocol import MAX_EVIDENCE_BYTES, EnvelopeV1, HeartbeatV1, SampleV1
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ CREATE INDEX IF NOT EXISTS item_ref ON item (kind, ref);
 CREATE INDEX IF NOT EXISTS item_episode ON item (episode_id, id);
 """
 _COLUMNS = "id, kind, ref, seq, payload, path, size, event_id"
-_SENDABLE = "('event', 'evidence')"
+_SENDABLE = "('event', 'evidence', 'sample')"
 
 
 class OutboxError(Exception):
@@ -56,11 +58,12 @@ class OutboxError(Exception):
 
 
 class ItemKind(StrEnum):
-    """What a queued row carries; ``event`` and ``evidence`` match ``AckItemV1.kind``."""
+    """What a queued row carries; ``event``, ``evidence`` and ``sample`` match ``AckItemV1.kind``."""
 
     EVENT = "event"
     EVIDENCE = "evidence"
     HEARTBEAT = "heartbeat"
+    SAMPLE = "sample"
 
 
 class Priority(IntEnum):
@@ -114,6 +117,7 @@ class OutboxStats:
 
     dropped_heartbeats: int = 0
     dropped_updates: int = 0
+    dropped_samples: int = 0
     refused: int = 0
     stored_over_cap: int = 0
 
@@ -230,6 +234,43 @@ class Outbox:
             logger.error("outbox over its cap: kept snapshot %s anyway; the link is down too long", sha256)
         return result
 
+    def put_sample(self, sample: SampleV1, image: Path) -> PutResult:
+        """Queue a labelling sample: its image, then its signed document, under the next ``seq``.
+
+        Samples are worth the least: over the cap a new one is refused rather than pushing
+        anything out, and queued ones are the first to go (after heartbeats) when events need room.
+        Both rows carry the sample id in ``event_id`` so they are dropped together.
+
+        Raises:
+            OutboxError: The sample is of another device, or its image cannot be sent.
+        """
+        if sample.device_id != self._device_id:
+            raise OutboxError(f"sample of device {sample.device_id!r} in the outbox of {self._device_id!r}")
+        size = _image_size(image)
+        if size is None:
+            raise OutboxError(f"sample image {image} cannot be sent")
+        document = sample.model_dump(mode="json", by_alias=True)
+        result = PutResult.STORED
+        with self._transaction(durable=False):  # a sample lost to a power cut is no loss
+            seq = self._next_seq()
+            payload = self._signed(sample.sample_id, document, seq)
+            rows = [
+                (ItemKind.EVIDENCE.value, sample.image.sha256, None, None, str(image), size),
+                (ItemKind.SAMPLE.value, sample.sample_id, seq, payload, None, len(payload)),
+            ]
+            self._db.executemany(
+                "INSERT INTO item (kind, ref, priority, event_id, event_type, seq, payload, path, size)"
+                " VALUES (?, ?, ?, ?, 'sample', ?, ?, ?, ?)",
+                [(kind, ref, Priority.SUPERSEDABLE, sample.sample_id, *rest) for kind, ref, *rest in rows],
+            )
+            if self._bytes_used() > self._config.max_bytes:
+                result = PutResult.REFUSED
+                self.stats.refused += 1
+                logger.warning("outbox full: sample %s not queued", sample.sample_id)
+                raise _Rollback(result)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+        return result
+
     def lease(self, limit: int, after: int = 0) -> list[OutboxItem]:
         """Up to ``limit`` events and evidence images with row id above ``after``, oldest first.
 
@@ -286,12 +327,15 @@ class Outbox:
         return int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM item").fetchone()[0])
 
     def _envelope(self, event: EventV1, seq: int) -> bytes:
+        return self._signed(event.event_id, event.model_dump(mode="json", by_alias=True), seq)
+
+    def _signed(self, message_id: str, payload: dict[str, object], seq: int) -> bytes:
         envelope = EnvelopeV1.signed(
             device_id=self._device_id,
             seq=seq,
-            message_id=event.event_id,
+            message_id=message_id,
             sent_at=datetime.now(UTC),
-            payload=event.model_dump(mode="json", by_alias=True),
+            payload=payload,
             key=self._key,
         )
         return envelope.to_bytes()
@@ -324,6 +368,12 @@ class Outbox:
             return PutResult.STORED
         dropped = self._db.execute("DELETE FROM item WHERE kind = 'heartbeat'").rowcount
         self.stats.dropped_heartbeats += dropped
+        for (sample_id,) in self._db.execute(_QUEUED_SAMPLES).fetchall():
+            if self._bytes_used() <= cap:
+                break
+            self._db.execute("DELETE FROM item WHERE event_id = ?", (sample_id,))
+            self.stats.dropped_samples += 1
+            logger.warning("outbox over its cap: dropped labelling sample %s", sample_id)
         for (event_id,) in self._db.execute(_SUPERSEDED).fetchall():
             if self._bytes_used() <= cap:
                 break
@@ -346,6 +396,9 @@ WHERE u.kind = 'event' AND u.event_type = 'update' AND EXISTS (
     AND n.event_type IN ('update', 'end'))
 ORDER BY u.id
 """
+
+
+_QUEUED_SAMPLES = "SELECT ref FROM item WHERE kind = 'sample' ORDER BY id"
 
 
 class _Rollback(Exception):
@@ -424,3 +477,7 @@ class OutboxSink:
     def emit(self, event: EventV1) -> None:
         evidence = [(ref.sha256, self._root / ref.path) for ref in event.evidence]
         self._outbox.put_event(event, evidence)
+
+    def emit_sample(self, sample: SampleV1, image: Path) -> None:
+        """Queue a labelling sample (``edge/sampling.py``); a refusal under the cap is logged there."""
+        self._outbox.put_sample(sample, image)

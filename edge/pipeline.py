@@ -1,7 +1,8 @@
 """One camera's pipeline: the only module that wires stages together.
 
 Reading ``CameraPipeline.process`` top to bottom is reading the data flow:
-privacy masks -> inference gate -> detector -> tracker -> zones -> rules -> evidence -> events.
+privacy masks -> inference gate -> detector -> tracker -> zones -> rules -> evidence -> events,
+with uncertain detections also offered to the labelling sampler.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from curbwatch.edge.messages import Detections, EpisodeEvent, Frame, Tracks
 from curbwatch.edge.rules.bins import BinRuleConfig, make_bin_rule
 from curbwatch.edge.rules.config import RulesConfig
 from curbwatch.edge.rules.engine import RuleEngine
+from curbwatch.edge.sampling import CameraSampling
 from curbwatch.edge.track import Tracker, TrackerConfig
 from curbwatch.edge.zones import ZoneSet
 from curbwatch.schema.detlog import LoggedDetection, LoggedFrame, write_frame
@@ -111,6 +113,7 @@ class CameraPipeline:
         parts: Stage settings.
         evidence: Writes evidence images; None skips evidence (replay, benchmarks).
         detlog: Stream to record every frame's detections to, for ``curbwatch replay``.
+        sampling: Picks frames with uncertain detections for labelling; None samples nothing.
 
     Example:
         >>> pipeline = CameraPipeline(zone_file, detector.detect, builder, PipelineParts(), writer)
@@ -127,6 +130,7 @@ class CameraPipeline:
         parts: PipelineParts,
         evidence: EvidenceWriter | None = None,
         detlog: IO[str] | None = None,
+        sampling: CameraSampling | None = None,
     ) -> None:
         self._zone_file = zone_file
         self._detect = detect
@@ -134,6 +138,7 @@ class CameraPipeline:
         self._parts = parts
         self._evidence = evidence
         self._detlog = detlog
+        self._sampling = sampling
         self._stages: _StreamStages | None = None
         self._pending_zones: ZoneFile | None = None
         self.stats = PipelineStats()
@@ -166,6 +171,8 @@ class CameraPipeline:
             self.stats.inferred_frames += 1
         tracks, episodes = stages.advance(masked.ts, detections, masked)
         events = closing + [self._event(episode, masked, tracks, stages) for episode in episodes]
+        if self._sampling is not None and detections is not None:
+            self._sampling.offer(masked, detections, tracks, stages.zones)
 
         if self._detlog is not None:
             self._record(masked, detections)

@@ -375,7 +375,8 @@ class Publisher:
                 return True
             self._client.publish(topic(self._config.device_id, Channel.EVIDENCE, item.ref), data, qos=1)
         else:
-            self._client.publish(topic(self._config.device_id, Channel.EVENT), item.payload, qos=1)
+            channel = Channel.SAMPLE if item.kind is ItemKind.SAMPLE else Channel.EVENT
+            self._client.publish(topic(self._config.device_id, channel), item.payload, qos=1)
         return True
 
     def _evidence_bytes(self, item: OutboxItem) -> bytes | None:

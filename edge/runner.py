@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -21,6 +22,7 @@ from curbwatch.edge.events import EventBuilder
 from curbwatch.edge.evidence import EvidenceWriter
 from curbwatch.edge.messages import Detections, Frame
 from curbwatch.edge.pipeline import CameraPipeline, PipelineParts, PipelineStats, open_detlog
+from curbwatch.edge.sampling import CameraSampling, SampleSink
 from curbwatch.edge.sinks import EventSink
 from curbwatch.edge.sources import CameraStatus, SourceError, SourceReadError, open_source
 from curbwatch.edge.zones import ZoneSet
@@ -65,17 +67,27 @@ class EdgeRunner:
         config: The validated edge configuration.
         sink: Receives every event.
         detector: A loaded detector; built from ``config.detector`` when omitted.
+        samples: Receives labelling samples when ``config.sampling`` is on; None keeps them on disk.
 
     Example:
         >>> runner = EdgeRunner(load_edge_config("edge.yaml"), JsonLinesSink(sys.stdout))
         >>> reports = runner.run()
     """
 
-    def __init__(self, config: EdgeConfig, sink: EventSink, detector: OnnxDetector | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        sink: EventSink,
+        detector: OnnxDetector | None = None,
+        samples: SampleSink | None = None,
+    ) -> None:
         self._config = config
         self._sink = sink
+        self._samples = samples
         self._detector = detector or OnnxDetector(config.detector)
         self._shared_detector = BatchingDetector(self._detector, config.batching)
+        # What camera frames are detected with; a model on probation (edge/rollout.py) wraps it.
+        self._frame_detect: Callable[[np.ndarray], Detections] = self._shared_detector.detect
         self._parts = PipelineParts(
             gate=config.gate, tracker=config.tracker, rules=config.rules, bins=config.bins
         )
@@ -94,6 +106,31 @@ class EdgeRunner:
     def model_version(self) -> str:
         card = self._detector.card
         return f"{card.name}@{card.version}"
+
+    @property
+    def detector(self) -> OnnxDetector:
+        """The model in service."""
+        return self._detector
+
+    def swap_detector(
+        self, detector: OnnxDetector, frame_detect: Callable[[np.ndarray], Detections] | None = None
+    ) -> None:
+        """Put ``detector`` in service between two frames: no frame is dropped or detected twice.
+
+        Each assignment is atomic, so a frame being detected finishes on the model it started with
+        and the next frame takes the new one. ``frame_detect`` (a probation guard) replaces the
+        cameras' detector call until the next swap; None restores the shared, batching one.
+        """
+        self._detector = detector
+        self._shared_detector.replace(detector)
+        self._frame_detect = frame_detect or self._shared_detector.detect
+        logger.info("model %s in service", self.model_version)
+
+    def _detect_frame(self, image: np.ndarray) -> Detections:
+        return self._frame_detect(image)
+
+    def _model_ref(self) -> ModelRefV1:
+        return model_ref(self._detector)
 
     @property
     def camera_ids(self) -> tuple[str, ...]:
@@ -170,12 +207,17 @@ class EdgeRunner:
         builder = EventBuilder(
             self._config.device_id,
             zone_file,
-            model_ref(self._detector),
+            self._model_ref,
             estimator=self._config.bins.estimator,
         )
         detlog = open_detlog(self._config.output.detlog_dir, camera.id)
+        sampling = None
+        if self._config.sampling.enabled:
+            sampling = CameraSampling(
+                self._config.sampling, self._evidence, self._config.device_id, self._model_ref, self._samples
+            )
         pipeline = CameraPipeline(
-            zone_file, self._shared_detector.detect, builder, self._parts, self._evidence, detlog
+            zone_file, self._detect_frame, builder, self._parts, self._evidence, detlog, sampling
         )
         report.stats = pipeline.stats
         self._pipelines[camera.id] = pipeline

@@ -3,7 +3,8 @@
 Events go into the outbox (SQLite, WAL) as they are produced; the publisher sends them and
 deletes them only when the server acknowledges its commit. The retained desired configuration
 is validated and applied to the running cameras, and what was applied is reported back. Commands
-(``edge/commands.py``) are carried out one at a time off the network thread, and answered.
+(``edge/commands.py``) are carried out one at a time off the network thread, and answered; model
+updates (``edge/rollout.py``) receive their chunks on the same thread, after the command.
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from curbwatch.edge.config import DeliveryConfig
 from curbwatch.edge.outbox import Outbox, OutboxSink
 from curbwatch.edge.publisher import DeviceMetrics, Publisher
 from curbwatch.edge.remote_config import RemoteConfig
+from curbwatch.edge.rollout import ModelUpdater
 from curbwatch.edge.runner import EdgeRunner
-from curbwatch.schema.protocol import CameraMetricsV1, Channel, topic
+from curbwatch.schema.protocol import (
+    CameraMetricsV1,
+    Channel,
+    CommandResultV1,
+    parse_model_chunk_topic,
+    topic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class Uplink:
         self._runner: EdgeRunner | None = None
         self.remote: RemoteConfig | None = None
         self.commands: Commands | None = None
+        self.updater: ModelUpdater | None = None
         # One at a time, off paho's thread: a snapshot runs the detector and writes a file.
         self._command_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commands")
         self._config_seen = threading.Event()
@@ -59,9 +68,12 @@ class Uplink:
         mqtt = self._config.mqtt
         self._runner = runner
         self.remote = RemoteConfig(runner, mqtt.device_id, mqtt.key_bytes())
-        self.commands = Commands(runner, self.outbox, mqtt.key_bytes())
+        # Received models live beside the outbox, in the box's state folder.
+        self.updater = ModelUpdater(runner, self._config.outbox_path.parent / "models", self._publish_result)
+        self.commands = Commands(runner, self.outbox, mqtt.key_bytes(), self.updater)
         self.publisher.subscribe(topic(mqtt.device_id, Channel.CONFIG_DESIRED), self._on_desired_config)
         self.publisher.subscribe(topic(mqtt.device_id, Channel.COMMAND), self._on_command)
+        self.publisher.subscribe(topic(mqtt.device_id, Channel.MODEL, "+", "+"), self._on_model_chunk)
         self.publisher.start()
         self._await_server_config()
 
@@ -103,11 +115,28 @@ class Uplink:
         assert self.commands is not None  # subscribed in start(), after commands is set
         result = self.commands.handle(payload)
         if result is not None:
-            self.publisher.publish(
-                topic(self._config.mqtt.device_id, Channel.COMMAND_RESULT),
-                result.model_dump_json(by_alias=True).encode(),
-                qos=1,
-            )
+            self._publish_result(result)
+
+    def _on_model_chunk(self, chunk_topic: str, payload: bytes) -> None:
+        # The command worker runs commands in arrival order, so the update command that announces
+        # these chunks has been handled before the first of them.
+        self._command_worker.submit(self._receive_chunk, chunk_topic, payload)
+
+    def _receive_chunk(self, chunk_topic: str, payload: bytes) -> None:
+        assert self.updater is not None  # subscribed in start(), after updater is set
+        try:
+            sha256, index = parse_model_chunk_topic(chunk_topic)
+        except ValueError as exc:
+            logger.warning("model chunk dropped: %s", exc)
+            return
+        self.updater.receive_chunk(sha256, index, payload)
+
+    def _publish_result(self, result: CommandResultV1) -> None:
+        self.publisher.publish(
+            topic(self._config.mqtt.device_id, Channel.COMMAND_RESULT),
+            result.model_dump_json(by_alias=True).encode(),
+            qos=1,
+        )
 
     def _metrics(self) -> DeviceMetrics:
         if self._runner is None:

@@ -11,12 +11,14 @@ references of the stored events (``evidence_refs``), so that reading them needs 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.orm import Session
 
+from curbwatch.schema.events import EventV1
 from curbwatch.server.tables import Event, EvidenceRef
 
 EVENTS = Event.__table__
@@ -38,6 +40,25 @@ class Decision:
 
     verdict: Verdict
     detail: str = ""
+
+
+def event_row(event: EventV1, *, seq: int, received_at: datetime, document: dict[str, Any]) -> dict[str, Any]:
+    """The ``events`` row of a checked event; ``document`` is the event exactly as received."""
+    return {
+        "event_id": event.event_id,
+        "device_id": event.device_id,
+        "seq": seq,
+        "episode_id": event.episode_id,
+        "type": event.type.value,
+        "rule": event.rule.value,
+        "violation": event.violation.value,
+        "event_code": event.event_code,
+        "camera": event.camera_id,
+        "zone": event.zone,
+        "ts": event.ts,
+        "received_at": received_at,
+        "document": document,
+    }
 
 
 def write_events(session: Session, rows: list[dict[str, Any]]) -> list[Decision]:

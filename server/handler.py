@@ -11,6 +11,9 @@ and two pydantic validations, with no database round trip. Every newly stored ev
 folded into its case (:func:`~curbwatch.server.cases.folding.fold_events`), in batch order and in
 the same transaction, so an event is never stored without its case, nor the other way round.
 
+Labelling samples (``Channel.SAMPLE``) are signed like events but file into ``samples``, kept
+once per ``sample_id``, and fold into nothing; their images come as evidence.
+
 Besides events and evidence the worker files what devices report: status, heartbeats, the
 configuration they applied, and their answers to check commands (:mod:`~curbwatch.server.cases.checks`).
 """
@@ -39,6 +42,7 @@ from curbwatch.schema.protocol import (
     EnvelopeV1,
     HeartbeatV1,
     ReportedConfigV1,
+    SampleV1,
     StatusV1,
     parse_topic,
     verify,
@@ -47,9 +51,9 @@ from curbwatch.server.cases.checks import UnknownCheck, record_command_result
 from curbwatch.server.cases.folding import fold_events
 from curbwatch.server.config import CaseServerConfig
 from curbwatch.server.devices import device_key, record_heartbeat, record_reported_config, record_status
-from curbwatch.server.event_writer import Decision, Verdict, write_events
+from curbwatch.server.event_writer import Decision, Verdict, event_row, write_events
 from curbwatch.server.evidence import EvidenceHashError, EvidenceStore, EvidenceStoreError
-from curbwatch.server.tables import DEAD_LETTER_PAYLOAD_CAP, DeadLetter, Device, Evidence
+from curbwatch.server.tables import DEAD_LETTER_PAYLOAD_CAP, DeadLetter, Device, Evidence, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +219,8 @@ class MessageHandler:
                 return self._event(session, device_id, message, keys)
             if channel is Channel.EVIDENCE:
                 return self._evidence(session, device_id, sha256 or "", message, keys)
+            if channel is Channel.SAMPLE:
+                return self._sample(session, device_id, message, keys)
             return self._report(session, device_id, channel, message, keys)
         except _Rejected as rejected:
             return self._dead_letter(session, device_id, message, rejected)
@@ -296,7 +302,53 @@ class MessageHandler:
             raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
         if not envelope.device_id == event.device_id == device_id or event.event_id != envelope.message_id:
             raise _Rejected(RejectReason.ID_MISMATCH, "topic, envelope and event disagree", ack)
-        return _CheckedEvent(device_id, message, event, _event_row(envelope, event, message))
+        return _CheckedEvent(
+            device_id,
+            message,
+            event,
+            event_row(event, seq=envelope.seq, received_at=message.received_at, document=envelope.payload),
+        )
+
+    def _sample(
+        self, session: Session, device_id: str, message: ReceivedMessage, keys: dict[str, bytes | None]
+    ) -> Outcome:
+        """A labelling sample: checked like an event (size, HMAC, schema, identity), stored once."""
+        if len(message.payload) > MAX_ENVELOPE_BYTES:
+            raise _Rejected(RejectReason.TOO_LARGE, f"sample of {len(message.payload)} bytes")
+        raw = _json_object(message.payload)
+        key = self._known_device(session, device_id, keys)
+        if not verify(raw, key):
+            raise _Rejected(RejectReason.BAD_SIGNATURE, "HMAC does not match the device key")
+        message_id = raw.get("message_id")
+        ack = ("sample", message_id) if isinstance(message_id, str) and message_id else None
+        try:
+            envelope = EnvelopeV1.model_validate(raw)
+            sample = SampleV1.model_validate(envelope.payload)
+        except ValidationError as exc:
+            raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
+        if not envelope.device_id == sample.device_id == device_id or sample.sample_id != envelope.message_id:
+            raise _Rejected(RejectReason.ID_MISMATCH, "topic, envelope and sample disagree", ack)
+        known = session.get(Sample, sample.sample_id)
+        if known is not None and known.device_id != device_id:
+            raise _Rejected(RejectReason.EVENT_ID_CONFLICT, "sample id known from another device", ack)
+        status = AckStatus.DUPLICATE if known is not None else AckStatus.STORED
+        if known is None:
+            session.add(
+                Sample(
+                    sample_id=sample.sample_id,
+                    device_id=device_id,
+                    seq=envelope.seq,
+                    camera_id=sample.camera_id,
+                    ts=sample.ts,
+                    image_sha256=sample.image.sha256,
+                    uncertain_count=sum(detection.uncertain for detection in sample.detections),
+                    document=envelope.payload,
+                    received_at=message.received_at,
+                )
+            )
+            session.flush()
+        result = Result.STORED if status is AckStatus.STORED else Result.DUPLICATE
+        return Outcome(result, device_id, AckItemV1(kind="sample", id=sample.sample_id, status=status))
 
     def _evidence(
         self,
@@ -370,24 +422,6 @@ class MessageHandler:
         except UnknownCheck as exc:
             raise _Rejected(RejectReason.UNKNOWN_CHECK, str(exc)) from None
         return Outcome(Result.RECORDED, device_id)
-
-
-def _event_row(envelope: EnvelopeV1, event: EventV1, message: ReceivedMessage) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "device_id": envelope.device_id,
-        "seq": envelope.seq,
-        "episode_id": event.episode_id,
-        "type": event.type.value,
-        "rule": event.rule.value,
-        "violation": event.violation.value,
-        "event_code": event.event_code,
-        "camera": event.camera_id,
-        "zone": event.zone,
-        "ts": event.ts,
-        "received_at": message.received_at,
-        "document": envelope.payload,
-    }
 
 
 def _json_object(payload: bytes) -> dict[str, Any]:

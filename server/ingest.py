@@ -47,6 +47,7 @@ INGESTED_CHANNELS = (
     Channel.HEARTBEAT,
     Channel.CONFIG_REPORTED,
     Channel.COMMAND_RESULT,
+    Channel.SAMPLE,
 )
 ACK_ITEMS_PER_MESSAGE = 200  # keeps an AckV1 far below the broker's packet limit
 ACK_PUBLISH_WAIT_S = 0.5

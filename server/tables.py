@@ -301,3 +301,24 @@ class DeviceConfig(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSON, doc="The curbwatch.config.v1 document sent.")
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     published_by: Mapped[str] = mapped_column(String(64))
+
+
+class Sample(Base):
+    """A frame an edge picked for labelling because the detector was unsure (``edge/sampling.py``).
+
+    The image is an ``evidence`` row under ``image_sha256``; it may arrive after the document
+    (redelivery reorders), hence no foreign key. ``training/dataset.py`` lists these for labelling.
+    """
+
+    __tablename__ = "samples"
+    __table_args__ = (Index("ix_samples_camera_id_ts", "camera_id", "ts"),)
+
+    sample_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    seq: Mapped[int] = mapped_column(BigInteger, doc="The envelope's seq (shared with the device's events).")
+    camera_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), doc="Frame time of the sampled frame.")
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    uncertain_count: Mapped[int] = mapped_column(Integer, doc="Detections inside the uncertain band.")
+    document: Mapped[dict[str, Any]] = mapped_column(JSON, doc="The curbwatch.sample.v1 document.")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -42,7 +42,7 @@ from tools.bench_delivery import (
     BUILD,
     POSTGRES_ADMIN_URL,
     REPO_ROOT,
-    postgres_database,
+    on_backends,
     register_devices,
 )
 from tools.delivery_clients import Device
@@ -239,15 +239,7 @@ def main(argv: list[str] | None = None) -> list[BackendResult]:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "tools.bench_cases", *(sys.argv[1:] if argv is None else argv)])
     started = datetime.now(UTC)
-    args.build_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    if "sqlite" in args.backends:
-        for stale in args.build_dir.glob("cases.db*"):
-            stale.unlink()
-        results.append(run_backend("SQLite", f"sqlite:///{args.build_dir / 'cases.db'}", args))
-    if "postgresql" in args.backends:
-        with postgres_database(args.postgres_admin_url) as url:
-            results.append(run_backend("PostgreSQL", url, args))
+    results = on_backends(args, "cases", run_backend)
     postgres = args.postgres_admin_url if "postgresql" in args.backends else None
     # The load shows when the figures are the machine's share, not the whole machine.
     load = f"load average {os.getloadavg()[0]:.1f} at the end of the run"

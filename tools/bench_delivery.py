@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,6 +54,7 @@ BUILD = REPO_ROOT / "build" / "bench"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ISSUE_STORM_DEVICES = 2000
 BACKENDS = ("sqlite", "postgresql")
+ResultT = TypeVar("ResultT")
 RAW_PAYLOAD_BYTES = 1024
 RAW_TOPIC = "bench/raw"
 
@@ -259,6 +261,25 @@ def postgres_database(admin_url: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def on_backends(
+    args: argparse.Namespace, stem: str, run: Callable[[str, str, argparse.Namespace], ResultT]
+) -> list[ResultT]:
+    """``run(label, url, args)`` on a fresh SQLite file ``<stem>.db`` and a fresh PostgreSQL database.
+
+    ``args`` needs ``backends``, ``build_dir`` and ``postgres_admin_url``.
+    """
+    args.build_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    if "sqlite" in args.backends:
+        for stale in args.build_dir.glob(f"{stem}.db*"):
+            stale.unlink()
+        results.append(run("SQLite", f"sqlite:///{args.build_dir / f'{stem}.db'}", args))
+    if "postgresql" in args.backends:
+        with postgres_database(args.postgres_admin_url) as url:
+            results.append(run("PostgreSQL", url, args))
+    return results
 
 
 def run_backend(backend: str, url: str, args: argparse.Namespace, results: Results) -> None:

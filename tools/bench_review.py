@@ -30,7 +30,7 @@ from curbwatch.server.users import add_user
 from curbwatch.server.web.app import create_app
 from curbwatch.server.web.context import AppContext
 from tools.bench_cases import versions
-from tools.bench_delivery import BACKENDS, BUILD, POSTGRES_ADMIN_URL, REPO_ROOT, percentile, postgres_database
+from tools.bench_delivery import BACKENDS, BUILD, POSTGRES_ADMIN_URL, REPO_ROOT, on_backends, percentile
 from tools.delivery_report import RunInfo, machine, write_section
 from tools.review_data import STATUS_MIX, Filled, fill
 
@@ -192,15 +192,7 @@ def main(argv: list[str] | None = None) -> list[BackendResult]:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "tools.bench_review", *(sys.argv[1:] if argv is None else argv)])
     started = datetime.now(UTC)
-    args.build_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    if "sqlite" in args.backends:
-        for stale in args.build_dir.glob("review.db*"):
-            stale.unlink()
-        results.append(run_backend("SQLite", f"sqlite:///{args.build_dir / 'review.db'}", args))
-    if "postgresql" in args.backends:
-        with postgres_database(args.postgres_admin_url) as url:
-            results.append(run_backend("PostgreSQL", url, args))
+    results = on_backends(args, "review", run_backend)
     postgres = args.postgres_admin_url if "postgresql" in args.backends else None
     info = RunInfo(started, command, machine(), versions(postgres))
     write_section(args.out, render(results, info, args), MARKS)

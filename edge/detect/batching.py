@@ -70,6 +70,16 @@ class BatchingDetector:
         elif config.window_ms > 0:
             logger.info("model %s has a fixed batch of 1: detector calls are not batched", detector.card.name)
 
+    def replace(self, detector: OnnxDetector) -> None:
+        """Serve later calls with ``detector`` (a model update); a call under way finishes on the old one.
+
+        The collector thread is started (or not) at construction: batching stays on or off, with
+        batches no larger than the new model takes.
+        """
+        fixed = detector.max_batch
+        self.max_batch = min(self.config.max_batch, fixed) if fixed else self.config.max_batch
+        self.detector = detector
+
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.detector.class_names

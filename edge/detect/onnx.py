@@ -183,6 +183,10 @@ class OnnxDetector:
         batch_dim = inputs[0].shape[0]
         self._batch_cap: int | None = batch_dim if isinstance(batch_dim, int) else None
         self._thresholds = self._build_thresholds(config.score_threshold, config.class_thresholds)
+        self.threshold_settings: tuple[float, dict[str, float]] = (
+            config.score_threshold,
+            dict(config.class_thresholds),
+        )
         self.last_timings: DetectTimings | None = None
         logger.info(
             "detector %s %s (%s, %s classes, input %s, batch %s) on %s",
@@ -227,6 +231,7 @@ class OnnxDetector:
         if not 0.0 <= score_threshold <= 1.0 or any(not 0.0 <= v <= 1.0 for v in class_thresholds.values()):
             raise DetectorConfigError("score thresholds must lie in [0, 1]")
         self._thresholds = self._build_thresholds(score_threshold, class_thresholds)
+        self.threshold_settings = (score_threshold, dict(class_thresholds))  # what a replacement model takes
 
     def _build_thresholds(self, score_threshold: float, class_thresholds: dict[str, float]) -> np.ndarray:
         unknown = sorted(set(class_thresholds) - set(self.class_names))

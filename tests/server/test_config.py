@@ -26,7 +26,7 @@ def test_without_a_file_the_embedded_defaults_apply() -> None:
 
 def test_an_error_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "city.yaml"
-    path.write_text("city: X\ntime_limits:\n  limits:\n    \"0505\": {unit: fortnights, amount: 2}\n")
+    path.write_text('city: X\ntime_limits:\n  limits:\n    "0505": {unit: fortnights, amount: 2}\n')
     with pytest.raises(ConfigError) as caught:
         load_case_config(path)
     assert caught.value.issues[0].line == 4

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from curbwatch.schema.events import EventV1
 from curbwatch.server.cases.folding import fold_event
-from curbwatch.server.event_writer import Verdict, write_events
+from curbwatch.server.event_writer import Verdict, event_row, write_events
 from curbwatch.server.tables import User
 from curbwatch.server.web.deps import issue_token
 from tests.server.conftest import register
@@ -109,21 +109,7 @@ def _store_images(web: WebApp) -> tuple[list[dict[str, Any]], tuple[str, str, st
 def store_event(web: WebApp, document: dict[str, Any], at: datetime) -> str:
     """Store ``document`` as the ingest does and fold it; returns the case id."""
     event = EventV1.model_validate(document)
-    row = {
-        "event_id": event.event_id,
-        "device_id": event.device_id,
-        "seq": uuid.uuid4().int % 2**62,
-        "episode_id": event.episode_id,
-        "type": event.type.value,
-        "rule": event.rule.value,
-        "violation": event.violation.value,
-        "event_code": event.event_code,
-        "camera": event.camera_id,
-        "zone": event.zone,
-        "ts": event.ts,
-        "received_at": at,
-        "document": document,
-    }
+    row = event_row(event, seq=uuid.uuid4().int % 2**62, received_at=at, document=document)
     with web.session_factory() as session, session.begin():
         assert write_events(session, [row])[0].verdict is Verdict.STORED
         return fold_event(session, event, config=web.context.config.folding, at=at).id
