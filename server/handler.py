@@ -15,7 +15,8 @@ Labelling samples (``Channel.SAMPLE``) are signed like events but file into ``sa
 once per ``sample_id``, and fold into nothing; their images come as evidence.
 
 Besides events and evidence the worker files what devices report: status, heartbeats, the
-configuration they applied, and their answers to check commands (:mod:`~curbwatch.server.cases.checks`).
+configuration they applied, and their answers to commands: model updates go to their rollout
+(:mod:`~curbwatch.server.models_rollout`), the rest to checks (:mod:`~curbwatch.server.cases.checks`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from curbwatch.server.config import CaseServerConfig
 from curbwatch.server.devices import device_key, record_heartbeat, record_reported_config, record_status
 from curbwatch.server.event_writer import Decision, Verdict, event_row, write_events
 from curbwatch.server.evidence import EvidenceHashError, EvidenceStore, EvidenceStoreError
+from curbwatch.server.models_rollout import RolloutError, record_rollout_result
 from curbwatch.server.tables import DEAD_LETTER_PAYLOAD_CAP, DeadLetter, Device, Evidence, Sample
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class RejectReason(StrEnum):
     REPLAYED_SEQ = "replayed_seq"
     EVENT_ID_CONFLICT = "event_id_conflict"  # known event_id under another device or seq
     HASH_MISMATCH = "hash_mismatch"
-    UNKNOWN_CHECK = "unknown_check"  # a command result whose correlation id is no check of the device
+    UNKNOWN_CHECK = "unknown_check"  # a command result answering no check or model update of the device
     INTERNAL_ERROR = "internal_error"  # the database refused it repeatedly; kept for a human
 
 
@@ -415,12 +417,16 @@ class MessageHandler:
                 _same_device(report.device_id, device_id)
                 record_reported_config(session, report)
             else:
-                # The result names no device: the check it answers must be one asked of this one.
-                record_command_result(session, device_id, CommandResultV1.model_validate(raw), at)
+                # The result names no device: the update or check it answers must be one sent to this one.
+                result = CommandResultV1.model_validate(raw)
+                if not record_rollout_result(session, device_id, result, at):
+                    record_command_result(session, device_id, result, at)
         except ValidationError as exc:
             raise _Rejected(RejectReason.SCHEMA, _errors(exc)) from None
         except UnknownCheck as exc:
             raise _Rejected(RejectReason.UNKNOWN_CHECK, str(exc)) from None
+        except RolloutError as exc:
+            raise _Rejected(RejectReason.ID_MISMATCH, str(exc)) from None
         return Outcome(Result.RECORDED, device_id)
 
 

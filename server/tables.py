@@ -322,3 +322,35 @@ class Sample(Base):
     uncertain_count: Mapped[int] = mapped_column(Integer, doc="Detections inside the uncertain band.")
     document: Mapped[dict[str, Any]] = mapped_column(JSON, doc="The curbwatch.sample.v1 document.")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelRollout(Base):
+    """One model version sent to chosen devices, a canary first (``server/models_rollout.py``)."""
+
+    __tablename__ = "model_rollouts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), doc="Of the ONNX file sent.")
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), doc="canary, rolling, done or halted.")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelRolloutTarget(Base):
+    """One device of a rollout; its ``update_model`` command's correlation id routes the answer here."""
+
+    __tablename__ = "model_rollout_targets"
+    __table_args__ = (UniqueConstraint("correlation_id"),)
+
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("model_rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, doc="Order given on the command line, from 0.")
+    canary: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[str] = mapped_column(String(16), doc="pending, sent, applied, rolled_back or failed.")
+    correlation_id: Mapped[str | None] = mapped_column(String(32), doc="Set when the command is sent.")
+    detail: Mapped[str | None] = mapped_column(Text, doc="Model in service, or why it failed.")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -111,10 +111,24 @@ def private_mosquitto(folder: Path, port: int) -> Iterator[int]:
             process.wait(10)
 
 
+EVENTS_PER_EPISODE = 3
+
+
 def signed_event(device: Device, seq: int, sent_at: datetime) -> Message:
-    """A signed envelope around a valid ``curbwatch.event.v1`` document."""
+    """A signed envelope around a valid ``curbwatch.event.v1`` document.
+
+    Every ``EVENTS_PER_EPISODE`` consecutive events of a device are one episode at a camera of its
+    own, as a start and its updates: the server opens one case per episode and folds the rest into it.
+    """
     event_id = uuid.uuid4().hex
-    document = example_event_document(event_id=event_id, device_id=device.device_id)
+    episode = (seq - 1) // EVENTS_PER_EPISODE
+    document = example_event_document(
+        event_id=event_id,
+        device_id=device.device_id,
+        camera_id=f"cam-{episode}",
+        episode_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{device.device_id}/{episode}").hex,
+        type="start" if (seq - 1) % EVENTS_PER_EPISODE == 0 else "update",
+    )
     envelope = EnvelopeV1.signed(
         device_id=device.device_id,
         seq=seq,

@@ -6,11 +6,15 @@ Wire it into the main command line with ``app.add_typer(models_app, name="models
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from curbwatch.training.registry import DEFAULT_REGISTRY
+
+if TYPE_CHECKING:
+    from curbwatch.server.models_rollout import TargetView
+    from curbwatch.server.settings import ServerSettings
 
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: one card per model version.")
 
@@ -98,3 +102,144 @@ def show_command(
             problems.append(f"{kind} {problem}")
     if problems:
         _fail(f"{entry.ref}: " + "; ".join(problems))
+
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Server database (default: CURBWATCH_DATABASE_URL)."),
+]
+
+
+@models_app.command("rollout")
+def rollout_command(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION of a registered model.")],
+    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids, in order.")],
+    canary: Annotated[
+        str | None, typer.Option("--canary", help="The device that goes first (default: the first one).")
+    ] = None,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for the devices' answers.")
+    ] = 900.0,
+    actor: Annotated[str, typer.Option("--actor", help="Who starts the rollout (audit log).")] = "cli",
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Send a registered model to devices, the canary first, and follow their answers.
+
+    The model file must still have its recorded sha256. The canary gets the update; the others only
+    once it has reported "applied" (a canary that fails or rolls back halts the rollout). The ingest
+    worker must be running: it files the devices' answers. The broker comes from CURBWATCH_MQTT_*.
+    Exit code 0 when every device applied the model, 1 otherwise (halted, failed, or timed out;
+    see `curbwatch models rollout-status ID`).
+
+    Examples:
+        curbwatch models rollout curb-detector@4 --devices edge-1,edge-2,edge-3 --canary edge-2
+        curbwatch models rollout curb-detector@4 --devices edge-1 --timeout 300
+    """
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.device_link import MqttDevicePublisher
+    from curbwatch.server.models_rollout import (
+        DeviceRolloutState,
+        RolloutError,
+        create_rollout,
+        drive_rollout,
+    )
+    from curbwatch.training.registry import Registry, RegistryError
+
+    models = Registry(registry)
+    try:
+        entry = models.get(ref)
+    except RegistryError as exc:
+        _fail(str(exc))
+    problem = models.verify(entry.file)
+    if problem:
+        _fail(f"{entry.ref}: onnx {problem}")
+    data = models.resolve(entry.file).read_bytes()
+    settings = _settings(database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    publisher = MqttDevicePublisher(settings)
+    try:
+        with factory() as session, session.begin():
+            rollout_id = create_rollout(
+                session,
+                name=entry.name,
+                version=entry.version,
+                sha256=entry.file.sha256,
+                size_bytes=len(data),
+                devices=[device.strip() for device in devices.split(",") if device.strip()],
+                canary=canary,
+                actor=actor,
+                at=datetime.now(UTC),
+            )
+        typer.echo(f"rollout {rollout_id}: {entry.ref} ({len(data)} bytes, sha256 {entry.file.sha256[:12]})")
+        view = drive_rollout(
+            factory,
+            rollout_id,
+            data,
+            publisher,
+            clock=lambda: datetime.now(UTC),
+            timeout_s=timeout_s,
+            on_change=lambda target: typer.echo(_target_line(target)),
+        )
+    except RolloutError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"database {settings.database_url}: {exc} (has `curbwatch server migrate` run?)")
+    finally:
+        publisher.close()
+        engine.dispose()
+    waiting = [t.device_id for t in view.targets if t.state is DeviceRolloutState.SENT]
+    if waiting:
+        _fail(f"rollout {rollout_id}: timed out after {timeout_s:g} s waiting for {', '.join(waiting)}")
+    typer.echo(f"rollout {rollout_id}: {view.state.value}")
+    if any(t.state is not DeviceRolloutState.APPLIED for t in view.targets):
+        raise typer.Exit(1)
+
+
+@models_app.command("rollout-status")
+def rollout_status_command(
+    rollout_id: Annotated[str, typer.Argument(help="The id `curbwatch models rollout` printed.")],
+    database_url: DatabaseOption = None,
+) -> None:
+    """Show a rollout and where each of its devices stands.
+
+    Example:
+        curbwatch models rollout-status 3f2a9c0e5b1d4e7f8a6b2c4d1e0f9a8b
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.models_rollout import RolloutError, rollout_status
+
+    url = _settings(database_url).database_url
+    engine = make_engine(url)
+    try:
+        with make_session_factory(engine)() as session:
+            view = rollout_status(session, rollout_id)
+    except RolloutError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"database {url}: {exc} (has `curbwatch server migrate` run?)")
+    finally:
+        engine.dispose()
+    typer.echo(f"rollout {view.id}: {view.ref} {view.state.value}")
+    typer.echo(f"started {view.created_at.isoformat()} by {view.created_by}; sha256 {view.sha256}")
+    for target in view.targets:
+        typer.echo(_target_line(target))
+
+
+def _settings(database_url: str | None) -> ServerSettings:
+    from curbwatch.server.settings import get_settings
+
+    return get_settings(**({"database_url": database_url} if database_url else {}))
+
+
+def _target_line(target: TargetView) -> str:
+    role = " (canary)" if target.canary else ""
+    detail = f": {target.detail}" if target.detail else ""
+    return f"  {target.device_id}{role}: {target.state.value}{detail}"
