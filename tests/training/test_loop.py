@@ -9,10 +9,6 @@ process never imports torch. About a minute and a half on 2 cores.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,76 +17,17 @@ import pytest
 from curbwatch.edge.detect.card import file_sha256
 from curbwatch.edge.detect.onnx import DetectorConfig, OnnxDetector
 from curbwatch.schema.yamlio import dump_yaml
-from curbwatch.server.db import make_engine, make_session_factory
-from curbwatch.training.registry import Registry
-from tests.conftest import REPO_ROOT
 from tests.edge.detect.test_onnx import needs_ultralytics
 from tests.scenarios import ZONE_FILE_DATA
-from tests.training.conftest import ULTRALYTICS_ENV, fresh_database
-from tests.training.factories import CLASSES, VerdictDb, street_cases
+from tests.training.factories import CLASSES
+from tests.training.loop_steps import Loop, curbwatch, ok, run_loop
 
 pytestmark = [pytest.mark.train, needs_ultralytics]
-CURBWATCH = [sys.executable, "-c", "from curbwatch.cli import main; main()"]
-
-
-def curbwatch(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **ULTRALYTICS_ENV}
-    command = [*CURBWATCH, *map(str, args)]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert done.returncode == 0, f"{done.args[3:]}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    return done
-
-
-@dataclass(frozen=True)
-class Loop:
-    root: Path
-    data: Path
-    run: Path
-    registry: Registry
-    zones_ok: Path
-    eval_out: subprocess.CompletedProcess[str]
-    export_out: subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Loop:
-    root = tmp_path_factory.mktemp("loop")
-    data = root / "datasets" / "street"
-    for url in fresh_database("sqlite", root):
-        engine = make_engine(url)
-        street_cases(VerdictDb(make_session_factory(engine), root / "evidence"))
-        engine.dispose()
-        source = ["--database-url", url, "--evidence-dir", root / "evidence"]
-        ok(curbwatch("train", "dataset", *source, "--out", data, "--classes", ",".join(CLASSES)))
-    run = root / "runs" / "street"
-    settings = ["--from-yaml", "yolov8n.yaml", "--epochs", "1", "--imgsz", "160"]
-    settings += ["--batch", "8", "--workers", "0", "--device", "cpu"]
-    train_args = ["--data", data / "data.yaml", *settings, "--runs-dir", run.parent, "--name", "street"]
-    ok(curbwatch("train", "run", *train_args))
-    best = run / "weights" / "best.pt"
-    eval_out = ok(curbwatch("train", "eval", "--model", best, "--data", data / "data.yaml"))
-    zone = {**ZONE_FILE_DATA, "zones": [{**ZONE_FILE_DATA["zones"][0], "vehicle_classes": ["car"]}]}
-    zones_ok = root / "zones" / "cam.yaml"
-    zones_ok.parent.mkdir()
-    zones_ok.write_text(dump_yaml(zone))
-    registry = Registry(root / "models")
-    export_args = ["--weights", best, "--data", data / "data.yaml", "--name", "street"]
-    export_args += [
-        "--version",
-        "1",
-        "--registry",
-        registry.root,
-        "--out-dir",
-        root / "bin",
-        "--zones",
-        zones_ok,
-    ]
-    export_args += ["--calibration-images", "8", "--speed-runs", "5", "--eval", run / "eval" / "report.json"]
-    export_out = ok(curbwatch("train", "export", *export_args))
-    return Loop(root, data / "data.yaml", run, registry, zones_ok, eval_out, export_out)
+    return run_loop(tmp_path_factory.mktemp("loop"))
 
 
 def test_dataset_and_training_run(loop: Loop) -> None:
