@@ -13,6 +13,7 @@ from curbwatch.edge.config import EdgeConfig, edge_config_from_dict, load_edge_c
 from curbwatch.edge.events import EventBuilder
 from curbwatch.edge.pipeline import PipelineParts
 from curbwatch.edge.replay import replay
+from curbwatch.edge.rollout import model_store, startup_detector
 from curbwatch.edge.runner import CameraReport, EdgeRunner
 from curbwatch.edge.sinks import EventSink, JsonLinesSink, TeeSink
 from curbwatch.edge.uplink import Uplink
@@ -78,7 +79,10 @@ def run_edge(config: EdgeConfig) -> dict[str, CameraReport]:
         if uplink is not None:
             sinks.append(uplink.sink)
             stack.callback(uplink.stop)
-        runner = EdgeRunner(config, TeeSink(sinks), samples=uplink.sink if uplink else None)
+        # Only a connected box receives models, so only it can have one to restore.
+        delivery = config.delivery
+        detector = startup_detector(config.detector, model_store(delivery.outbox_path)) if delivery else None
+        runner = EdgeRunner(config, TeeSink(sinks), detector, samples=uplink.sink if uplink else None)
         if uplink is not None:
             uplink.start(runner)
         stop_signals = (signal.SIGINT, signal.SIGTERM)

@@ -14,28 +14,153 @@ goes through these steps, and its :class:`CommandResultV1` is published once it 
    once (that frame is detected with the old one, so none is lost); so is a new model that stays
    empty on more than ``max_miss_share`` of the shadow frames where the old one found objects.
    Either way the result is ``rolled_back`` with the reason; otherwise it is ``applied``.
+5. An applied model is recorded in ``<store>/current.json`` (:class:`AppliedModel`), so the box
+   keeps it across a restart (:func:`startup_detector`); a failed or rolled-back update leaves
+   that record as it was.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from curbwatch.edge.detect.onnx import DetectorError, OnnxDetector
+from curbwatch.edge.detect.card import file_sha256
+from curbwatch.edge.detect.onnx import DetectorConfig, DetectorError, OnnxDetector
+from curbwatch.edge.evidence import atomic_write
 from curbwatch.edge.messages import Detections
 from curbwatch.schema.protocol import CommandResultV1, CommandV1, ModelUpdateArgsV1
 
 logger = logging.getLogger(__name__)
 
 PART_SUFFIX = ".onnx.part"
+CURRENT_FILE = "current.json"
+
+
+def model_store(outbox_path: Path) -> Path:
+    """Where received models and the record of the applied one live: the box's state folder."""
+    return outbox_path.parent / "models"
+
+
+class AppliedModel(BaseModel):
+    """The model last applied over the air, kept in ``<store>/current.json`` across restarts.
+
+    Attributes:
+        name: Model name the update announced.
+        version: Model version the update announced.
+        sha256: The verified sha256 of ``path``.
+        path: The received model file.
+        applied_at: When its probation ended.
+        configured_path: ``detector.model_path`` of edge.yaml at that time.
+        configured_sha256: That file's sha256 then; None when it could not be read.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+    sha256: str
+    path: Path
+    applied_at: datetime
+    configured_path: Path
+    configured_sha256: str | None
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+class _NotRestored(Exception):
+    """Why the applied model is not restored; ``level`` tells a fault from an operator's choice."""
+
+    def __init__(self, reason: str, level: int = logging.WARNING) -> None:
+        super().__init__(reason)
+        self.level = level
+
+
+def _restorable(record: Path, configured: Path) -> AppliedModel | None:
+    """The model ``record`` names if the box may start with it; None when none was ever applied.
+
+    Raises:
+        _NotRestored: The record is unreadable, edge.yaml names another model than it did at the
+            update, or the applied file is missing or altered.
+    """
+    if not record.is_file():
+        return None
+    try:
+        applied = AppliedModel.model_validate_json(record.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise _NotRestored(f"{record} is unreadable ({exc})") from exc
+    what = f"{applied.name}@{applied.version}"
+    if configured.resolve() != applied.configured_path.resolve():
+        reason = f"{what}: detector.model_path changed from {applied.configured_path} to {configured}"
+        raise _NotRestored(reason, logging.INFO)
+    if _sha256_or_none(configured) != applied.configured_sha256:
+        raise _NotRestored(f"{what}: the configured model {configured} changed since", logging.INFO)
+    actual = _sha256_or_none(applied.path)
+    if actual is None:
+        raise _NotRestored(f"{what}: its file {applied.path} is missing")
+    if actual != applied.sha256:
+        raise _NotRestored(f"{what}: {applied.path} has sha256 {actual}, not the recorded {applied.sha256}")
+    return applied
+
+
+def startup_detector(
+    config: DetectorConfig,
+    store: Path,
+    load: Callable[[DetectorConfig], OnnxDetector] = OnnxDetector,
+) -> OnnxDetector:
+    """The detector to start with: the model last applied over the air, else the configured one.
+
+    The record in ``<store>/current.json`` is used only while edge.yaml still names the model (path
+    and sha256) it named when the update was applied: changing ``detector.model_path`` is how an
+    operator takes a box back to a model of their choice. A missing, altered or unloadable applied
+    model is logged and ignored, never a reason not to start.
+
+    Args:
+        config: The ``detector`` section of edge.yaml.
+        store: The model store of :class:`ModelUpdater`.
+        load: Builds a detector (tests inject fakes).
+
+    Raises:
+        DetectorError: The configured model itself cannot be loaded (as without a record).
+    """
+    try:
+        applied = _restorable(store / CURRENT_FILE, config.model_path)
+        if applied is None:
+            return load(config)
+        try:
+            detector = load(config.model_copy(update={"model_path": applied.path}))
+        except DetectorError as exc:
+            raise _NotRestored(f"{applied.name}@{applied.version}: {exc}") from exc
+    except _NotRestored as skipped:
+        logger.log(
+            skipped.level,
+            "not restoring the model applied over the air, %s; using the configured model %s",
+            skipped,
+            config.model_path,
+        )
+        return load(config)
+    logger.info(
+        "restored model %s@%s (sha256 %s, applied over the air at %s) from %s instead of the configured %s",
+        applied.name,
+        applied.version,
+        applied.sha256,
+        applied.applied_at.isoformat(),
+        applied.path,
+        config.model_path,
+    )
+    return detector
 
 
 class ModelHost(Protocol):
@@ -43,6 +168,9 @@ class ModelHost(Protocol):
 
     @property
     def detector(self) -> OnnxDetector: ...
+
+    @property
+    def configured_model_path(self) -> Path: ...
 
     def swap_detector(
         self, detector: OnnxDetector, frame_detect: Callable[[np.ndarray], Detections] | None = None
@@ -85,18 +213,28 @@ class _Transfer:
     received: set[int]
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """What ``current.json`` will say if the model on probation is kept."""
+
+    path: Path
+    configured_path: Path
+    configured_sha256: str | None
+
+
 class ModelUpdater:
     """Carries out ``update_model`` commands on one edge box, one update at a time.
 
     Args:
         host: The running edge, whose detector is replaced.
-        store: Where received models are kept, one folder per sha256.
+        store: Where received models are kept, one folder per sha256, and ``current.json``.
         publish_result: Sends the settled update's result (on ``command/result``).
         config: The probation.
         load: Builds a detector for a received file (tests inject failing or silent ones).
+        clock: Wall clock for ``applied_at``.
 
     Example:
-        >>> updater = ModelUpdater(runner, state_dir / "models", publish)
+        >>> updater = ModelUpdater(runner, model_store(outbox_path), publish)
         >>> updater.begin(command)  # then updater.receive_chunk(sha256, index, data) per chunk
     """
 
@@ -107,12 +245,14 @@ class ModelUpdater:
         publish_result: Callable[[CommandResultV1], None],
         config: ProbationConfig | None = None,
         load: Callable[[Path, OnnxDetector], OnnxDetector] = load_detector,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._host = host
         self._store = store
         self._publish = publish_result
         self._config = config or ProbationConfig()
         self._load = load
+        self._clock = clock
         self._lock = threading.Lock()
         self._transfer: _Transfer | None = None
         self._probation: Probation | None = None
@@ -175,13 +315,10 @@ class ModelUpdater:
 
     def _install(self, transfer: _Transfer) -> None:
         args = transfer.args
-        digest = hashlib.sha256()
-        with transfer.part.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != args.sha256:
+        received = file_sha256(transfer.part)
+        if received != args.sha256:
             transfer.part.unlink(missing_ok=True)
-            reason = f"sha256 mismatch: received {digest.hexdigest()}, announced {args.sha256}"
+            reason = f"sha256 mismatch: received {received}, announced {args.sha256}"
             self._settle(transfer.command, ok=False, state="failed", reason=reason)
             return
         path = transfer.part.with_name(f"{args.name}.onnx")
@@ -197,22 +334,46 @@ class ModelUpdater:
             reason = f"model lacks classes the zones use: {', '.join(missing)}"
             self._settle(transfer.command, ok=False, state="failed", reason=reason)
             return
-        probation = Probation(new, old, self._config, lambda verdict: self._verdict(transfer, verdict))
+        # Hashed here, off the frame path: the verdict comes on a camera thread.
+        configured = self._host.configured_model_path
+        candidate = _Candidate(path.resolve(), configured.resolve(), _sha256_or_none(configured))
+        probation = Probation(
+            new, old, self._config, lambda verdict: self._verdict(transfer, candidate, verdict)
+        )
         with self._lock:
             self._transfer, self._probation = None, probation
         self._host.swap_detector(new, probation.detect)
 
-    def _verdict(self, transfer: _Transfer, verdict: Verdict) -> None:
+    def _verdict(self, transfer: _Transfer, candidate: _Candidate, verdict: Verdict) -> None:
         probation = self._probation
         assert probation is not None  # only a probation gives a verdict
         if verdict.rollback:
             self._host.swap_detector(probation.old)
         else:
             self._host.swap_detector(probation.new)
+            self._record(transfer.args, candidate)
         state = "rolled_back" if verdict.rollback else "applied"
         self._settle(
             transfer.command, ok=not verdict.rollback, state=state, reason=verdict.reason, **verdict.stats
         )
+
+    def _record(self, args: ModelUpdateArgsV1, candidate: _Candidate) -> None:
+        applied = AppliedModel(
+            name=args.name,
+            version=args.version,
+            sha256=args.sha256,
+            path=candidate.path,
+            applied_at=self._clock(),
+            configured_path=candidate.configured_path,
+            configured_sha256=candidate.configured_sha256,
+        )
+        try:
+            atomic_write(self._store / CURRENT_FILE, applied.model_dump_json(indent=2).encode())
+        # The model is in service either way; only a restart would lose it, so say so loudly.
+        except OSError:
+            logger.exception(
+                "model %s@%s applied but not recorded: a restart goes back", args.name, args.version
+            )
 
     def _settle(self, command: CommandV1, *, ok: bool, state: str, reason: str | None, **stats: Any) -> None:
         card = self._host.detector.card

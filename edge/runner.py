@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
@@ -111,6 +112,11 @@ class EdgeRunner:
     def detector(self) -> OnnxDetector:
         """The model in service."""
         return self._detector
+
+    @property
+    def configured_model_path(self) -> Path:
+        """The model edge.yaml names, which a model applied over the air records (edge/rollout.py)."""
+        return self._config.detector.model_path
 
     def swap_detector(
         self, detector: OnnxDetector, frame_detect: Callable[[np.ndarray], Detections] | None = None

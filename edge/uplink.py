@@ -20,7 +20,7 @@ from curbwatch.edge.config import DeliveryConfig
 from curbwatch.edge.outbox import Outbox, OutboxSink
 from curbwatch.edge.publisher import DeviceMetrics, Publisher
 from curbwatch.edge.remote_config import RemoteConfig
-from curbwatch.edge.rollout import ModelUpdater
+from curbwatch.edge.rollout import ModelUpdater, model_store
 from curbwatch.edge.runner import EdgeRunner
 from curbwatch.schema.protocol import (
     CameraMetricsV1,
@@ -68,8 +68,7 @@ class Uplink:
         mqtt = self._config.mqtt
         self._runner = runner
         self.remote = RemoteConfig(runner, mqtt.device_id, mqtt.key_bytes())
-        # Received models live beside the outbox, in the box's state folder.
-        self.updater = ModelUpdater(runner, self._config.outbox_path.parent / "models", self._publish_result)
+        self.updater = ModelUpdater(runner, model_store(self._config.outbox_path), self._publish_result)
         self.commands = Commands(runner, self.outbox, mqtt.key_bytes(), self.updater)
         self.publisher.subscribe(topic(mqtt.device_id, Channel.CONFIG_DESIRED), self._on_desired_config)
         self.publisher.subscribe(topic(mqtt.device_id, Channel.COMMAND), self._on_command)

@@ -49,8 +49,9 @@ class FakeDetector:
 class FakeHost:
     """The runner as an update sees it; ``frame`` is what a camera thread calls per frame."""
 
-    def __init__(self, detector: Any) -> None:
+    def __init__(self, detector: Any, configured_model_path: Path = Path("det.onnx")) -> None:
         self.detector = detector
+        self.configured_model_path = configured_model_path
         self._frame_detect: Callable[[np.ndarray], Detections] | None = None
         self.frames_in = self.frames_out = 0
 
