@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import case, update
@@ -283,11 +283,17 @@ class MessageHandler:
             raise _Rejected(RejectReason.UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
         return key
 
-    def _event(
-        self, session: Session, device_id: str, message: ReceivedMessage, keys: dict[str, bytes | None]
-    ) -> _CheckedEvent:
+    def _envelope(
+        self,
+        session: Session,
+        device_id: str,
+        message: ReceivedMessage,
+        keys: dict[str, bytes | None],
+        kind: Literal["event", "sample"],
+    ) -> tuple[EnvelopeV1, tuple[str, str] | None]:
+        """The authentic envelope of an event or a sample, and what to acknowledge if it is refused."""
         if len(message.payload) > MAX_ENVELOPE_BYTES:
-            raise _Rejected(RejectReason.TOO_LARGE, f"event of {len(message.payload)} bytes")
+            raise _Rejected(RejectReason.TOO_LARGE, f"{kind} of {len(message.payload)} bytes")
         raw = _json_object(message.payload)
         key = self._known_device(session, device_id, keys)
         # The signature covers the bytes the device signed: check it before any parsing can
@@ -296,9 +302,17 @@ class MessageHandler:
         if not verify(raw, key):
             raise _Rejected(RejectReason.BAD_SIGNATURE, "HMAC does not match the device key")
         message_id = raw.get("message_id")
-        ack = ("event", message_id) if isinstance(message_id, str) and message_id else None
+        ack = (kind, message_id) if isinstance(message_id, str) and message_id else None
         try:
-            envelope = EnvelopeV1.model_validate(raw)
+            return EnvelopeV1.model_validate(raw), ack
+        except ValidationError as exc:
+            raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
+
+    def _event(
+        self, session: Session, device_id: str, message: ReceivedMessage, keys: dict[str, bytes | None]
+    ) -> _CheckedEvent:
+        envelope, ack = self._envelope(session, device_id, message, keys, "event")
+        try:
             event = EventV1.model_validate(envelope.payload)
         except ValidationError as exc:
             raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
@@ -315,16 +329,8 @@ class MessageHandler:
         self, session: Session, device_id: str, message: ReceivedMessage, keys: dict[str, bytes | None]
     ) -> Outcome:
         """A labelling sample: checked like an event (size, HMAC, schema, identity), stored once."""
-        if len(message.payload) > MAX_ENVELOPE_BYTES:
-            raise _Rejected(RejectReason.TOO_LARGE, f"sample of {len(message.payload)} bytes")
-        raw = _json_object(message.payload)
-        key = self._known_device(session, device_id, keys)
-        if not verify(raw, key):
-            raise _Rejected(RejectReason.BAD_SIGNATURE, "HMAC does not match the device key")
-        message_id = raw.get("message_id")
-        ack = ("sample", message_id) if isinstance(message_id, str) and message_id else None
+        envelope, ack = self._envelope(session, device_id, message, keys, "sample")
         try:
-            envelope = EnvelopeV1.model_validate(raw)
             sample = SampleV1.model_validate(envelope.payload)
         except ValidationError as exc:
             raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
