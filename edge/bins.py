@@ -9,6 +9,11 @@ plug in later without the rule changing.
 scores the fraction of the site that has changed persistently since. It cannot tell rubbish from
 any other lasting change (a bin moved away, a parked trailer, snow); that is the learned
 classifier's job.
+
+``BinClassifierEstimator`` (``bin_classifier``) is that learned classifier: features pooled from
+the shared detector's neck plus colour and edge statistics, scored by one linear model trained by
+``curbwatch train bins`` (``curbwatch.training.bin_classifier``). It needs numpy, OpenCV and
+onnxruntime only; the artefact names the detector by sha256 and is refused with any other file.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -68,18 +74,38 @@ class BinStateEstimator(Protocol):
 
 EstimatorFactory = Callable[..., BinStateEstimator]
 ESTIMATORS: dict[str, EstimatorFactory] = {}
+# Options of each estimator that are file paths: edge.yaml gives them relative to its own folder.
+PATH_OPTIONS: dict[str, tuple[str, ...]] = {}
 
 
-def register_estimator(name: str) -> Callable[[EstimatorFactory], EstimatorFactory]:
-    """Register a factory under ``name``; the bin rule builds estimators by that name."""
+def register_estimator(
+    name: str, path_options: tuple[str, ...] = ()
+) -> Callable[[EstimatorFactory], EstimatorFactory]:
+    """Register a factory under ``name``; the bin rule builds estimators by that name.
+
+    Args:
+        name: Registry name, used as ``bins.estimator`` in edge.yaml.
+        path_options: Option names whose values are file paths (anchored by ``anchor_path_options``).
+    """
 
     def decorate(factory: EstimatorFactory) -> EstimatorFactory:
         if name in ESTIMATORS:
             raise ValueError(f"bin estimator {name!r} is already registered")
         ESTIMATORS[name] = factory
+        PATH_OPTIONS[name] = path_options
         return factory
 
     return decorate
+
+
+def anchor_path_options(name: str, options: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """``options`` with the estimator's relative path options joined to ``base_dir``."""
+    anchored = dict(options)
+    for key in PATH_OPTIONS.get(name, ()):
+        value = anchored.get(key)
+        if isinstance(value, str | Path) and not Path(value).is_absolute():
+            anchored[key] = base_dir / value
+    return anchored
 
 
 def make_estimator(name: str, **options: object) -> BinStateEstimator:
@@ -91,6 +117,14 @@ def make_estimator(name: str, **options: object) -> BinStateEstimator:
             f"unknown bin estimator {name!r}; known: {', '.join(sorted(ESTIMATORS))}"
         ) from None
     return factory(**options)
+
+
+def check_site_inputs(crop: np.ndarray, mask: np.ndarray) -> None:
+    """Raise ``BinEstimatorError`` unless crop is BGR uint8 (h, w, 3) and mask is bool (h, w)."""
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+        raise BinEstimatorError(f"crop must be uint8 (h, w, 3), got {crop.dtype} {crop.shape}")
+    if mask.shape != crop.shape[:2] or mask.dtype != np.bool_:
+        raise BinEstimatorError(f"mask must be bool {crop.shape[:2]}, got {mask.dtype} {mask.shape}")
 
 
 class ReferenceChangeConfig(BaseModel):
@@ -244,7 +278,7 @@ class ReferenceChangeEstimator:
 
     def observe(self, crop: np.ndarray, mask: np.ndarray, ts: float) -> BinObservation:
         """Judge the site in this frame (see ``BinStateEstimator.observe``)."""
-        self._check(crop, mask)
+        check_site_inputs(crop, mask)
         if self._crop_hw != crop.shape[:2]:
             self._reset(crop.shape[:2])
         image, visible = self._prepare(crop, mask)
@@ -269,13 +303,6 @@ class ReferenceChangeEstimator:
         if not self._overflowing:
             self._adapt(image, visible & (self._persist < 0.5) & (changed < 0.5), dt)
         return BinObservation(score=score, overflowing=self._overflowing)
-
-    @staticmethod
-    def _check(crop: np.ndarray, mask: np.ndarray) -> None:
-        if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
-            raise BinEstimatorError(f"crop must be uint8 (h, w, 3), got {crop.dtype} {crop.shape}")
-        if mask.shape != crop.shape[:2] or mask.dtype != np.bool_:
-            raise BinEstimatorError(f"mask must be bool {crop.shape[:2]}, got {mask.dtype} {mask.shape}")
 
     def _reset(self, crop_hw: tuple[int, int]) -> None:
         if self._crop_hw is not None:
@@ -387,3 +414,7 @@ class ReferenceChangeEstimator:
 def _reference_change(**options: object) -> BinStateEstimator:
     # Options are ReferenceChangeConfig fields, so a zone-level override validates like the config.
     return ReferenceChangeEstimator(ReferenceChangeConfig.model_validate(options))
+
+
+# The learned estimator registers itself with the registry above when its module loads.
+from curbwatch.edge import bin_classifier  # noqa: E402, F401

@@ -9,13 +9,14 @@ decision per site: an episode starts once "overflowing" has held for ``min_dwell
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from curbwatch.edge.bins import BinStateEstimator, make_estimator
+from curbwatch.edge.bins import BinStateEstimator, anchor_path_options, make_estimator
 from curbwatch.edge.messages import EpisodeEvent, Frame, Tracks, ZoneHits
 from curbwatch.edge.rules.base import EpisodeBook, FrameClock, IdFactory, RuleError, new_episode_id
 from curbwatch.edge.rules.config import RulesConfig
@@ -61,6 +62,16 @@ class BinRuleConfig(BaseModel):
         title="Estimator options",
         description="Settings of the chosen estimator (for reference_change: ReferenceChangeConfig fields).",
     )
+
+    @field_validator("estimator_options")
+    @classmethod
+    def anchor_paths(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Like every path in edge.yaml, an estimator's files (a classifier) are relative to its folder.
+        base_dir = (info.context or {}).get("base_dir")
+        name = info.data.get("estimator")
+        if base_dir is None or name is None:
+            return options
+        return anchor_path_options(name, options, Path(base_dir))
 
     @model_validator(mode="after")
     def verify_estimator(self) -> BinRuleConfig:
