@@ -34,6 +34,7 @@ from curbwatch.server.tables import AuditLog
 logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+SYSTEM_ROLE = "system"  # the role of entries written by the server or a device, not a person
 # Any fixed 64-bit number works; it only has to be the same for every writer of this database.
 ADVISORY_LOCK_KEY = 0x63757262_61756474  # "curbaudt"
 _VERIFY_BATCH = 1000

@@ -38,7 +38,7 @@ from curbwatch.schema.protocol import (
     sign,
     topic,
 )
-from curbwatch.server.audit import append_audit
+from curbwatch.server.audit import SYSTEM_ROLE, append_audit
 from curbwatch.server.device_link import DeviceLinkError
 from curbwatch.server.devices import device_key
 from curbwatch.server.tables import ModelRollout, ModelRolloutTarget
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UPDATE_COMMAND = "update_model"
-SYSTEM_ROLE = "system"
 OPERATOR_ROLE = "admin"  # rollouts are started from the server's command line, by its administrator
 SERVER_ACTOR = "server"
 

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from curbwatch.schema.events import example_event_document
 from curbwatch.schema.zones import default_event_codes
-from curbwatch.server.audit import GENESIS_HASH, entry_hash
-from curbwatch.server.cases.folding import OPEN_CASE_ACTION, SYSTEM_ROLE
+from curbwatch.server.audit import GENESIS_HASH, SYSTEM_ROLE, entry_hash
+from curbwatch.server.cases.folding import OPEN_CASE_ACTION
 from curbwatch.server.cases.workflow import CaseStatus, ClosureType, Outcome, RejectReason
 from curbwatch.server.devices import add_device
 from curbwatch.server.event_writer import evidence_ref_rows

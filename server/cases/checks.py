@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from curbwatch.schema.events import Sha256
 from curbwatch.schema.protocol import Channel, CommandResultV1, CommandV1, sign, topic
-from curbwatch.server.audit import append_audit
+from curbwatch.server.audit import SYSTEM_ROLE, append_audit
 from curbwatch.server.cases.service import CaseServiceError, transition_case
 from curbwatch.server.cases.workflow import Action, Role
 from curbwatch.server.devices import device_key
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECK_IMAGE_ACTION = "check_image"
-SYSTEM_ROLE = "system"
 SERVER_ACTOR = "server"
 SNAPSHOT_COMMAND = "snapshot"
 _SHA256 = TypeAdapter(Sha256)

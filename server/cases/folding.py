@@ -33,7 +33,7 @@ from sqlalchemy import insert, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from curbwatch.schema.events import EventV1
-from curbwatch.server.audit import AuditDraft, append_audit_entries
+from curbwatch.server.audit import SYSTEM_ROLE, AuditDraft, append_audit_entries
 from curbwatch.server.cases.workflow import TERMINAL_STATES, CaseStatus
 from curbwatch.server.tables import Case, CaseEvent
 
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OPEN_CASE_ACTION = "open_case"
-SYSTEM_ROLE = "system"
 
 
 class FoldingError(Exception):

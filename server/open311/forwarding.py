@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from sqlalchemy import select, text
 
-from curbwatch.server.audit import append_audit
+from curbwatch.server.audit import SYSTEM_ROLE, append_audit
 from curbwatch.server.open311.config import Open311Config, UpstreamConfig
 from curbwatch.server.open311.georeport import MediaLink, annotated_evidence, utc
 from curbwatch.server.open311.upstream import ERROR_TEXT_MAX, Outcome, backoff_s, georeport_form, interpret
@@ -49,7 +49,6 @@ FORWARD_ACTION = "forward"
 FORWARD_FAILED_ACTION = "forward_failed"
 FORWARD_RETRY_ACTION = "forward_retry"
 FORWARDER_ACTOR = "forwarder"
-SYSTEM_ROLE = "system"
 CLAIM_MARGIN_S = 60.0  # beyond the POST timeout: httpx times each phase, not the whole exchange
 
 
