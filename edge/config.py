@@ -102,7 +102,13 @@ class EdgeConfig(_Strict):
     """Everything one edge box runs."""
 
     version: Literal[1] = Field(title="Version", description="Edge config format version.")
-    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64, title="Device id")
+    device_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=64,
+        title="Device id",
+        description="This box's id, as registered with `curbwatch devices add`; names its MQTT topics "
+        "and appears in every event.",
+    )
     detector: DetectorConfig = Field(title="Detector", description="ONNX model shared by all cameras.")
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig,
@@ -115,13 +121,25 @@ class EdgeConfig(_Strict):
         title="Inference gate",
         description="When frames reach the detector (motion gating).",
     )
-    tracker: TrackerConfig = Field(default_factory=TrackerConfig, title="Tracker")
-    rules: RulesConfig = Field(default_factory=RulesConfig, title="Rules")
+    tracker: TrackerConfig = Field(
+        default_factory=TrackerConfig,
+        title="Tracker",
+        description="How detections become tracks and when a track counts as stationary.",
+    )
+    rules: RulesConfig = Field(
+        default_factory=RulesConfig,
+        title="Rules",
+        description="Episode timing shared by the rules; the per-zone limits are in the zone files.",
+    )
     bins: BinRuleConfig = Field(
         default_factory=BinRuleConfig, title="Bin rule", description="Bin-site judging."
     )
     evidence: EvidenceConfig = Field(title="Evidence", description="Where evidence images are stored.")
-    output: OutputConfig = Field(default_factory=OutputConfig, title="Output")
+    output: OutputConfig = Field(
+        default_factory=OutputConfig,
+        title="Output",
+        description="Local copies of events and detection logs (besides delivery).",
+    )
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig,
         title="Labelling samples",
@@ -132,7 +150,9 @@ class EdgeConfig(_Strict):
         title="Delivery",
         description="Send events to the server over MQTT; None keeps them local.",
     )
-    cameras: list[CameraConfig] = Field(min_length=1, title="Cameras")
+    cameras: list[CameraConfig] = Field(
+        min_length=1, title="Cameras", description="The cameras this box watches; one pipeline each."
+    )
 
     @model_validator(mode="after")
     def verify_delivery_device(self) -> EdgeConfig:

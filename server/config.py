@@ -29,8 +29,20 @@ class _Strict(BaseModel):
 class GridConfig(_Strict):
     """The city-management grid (万米单元网格): square cells laid from a south-west origin."""
 
-    origin_lat: float = Field(default=31.2, ge=-90, le=90, title="Origin latitude")
-    origin_lon: float = Field(default=121.4, ge=-180, le=180, title="Origin longitude")
+    origin_lat: float = Field(
+        default=31.2,
+        ge=-90,
+        le=90,
+        title="Origin latitude",
+        description="Latitude of the grid's south-west corner.",
+    )
+    origin_lon: float = Field(
+        default=121.4,
+        ge=-180,
+        le=180,
+        title="Origin longitude",
+        description="Longitude of the grid's south-west corner.",
+    )
     cell_m: float = Field(default=100.0, gt=0, title="Cell size", description="Side of a cell in metres.")
 
     def cell_of(self, lat: float, lon: float) -> str:
@@ -73,8 +85,16 @@ class CaseServerConfig(_Strict):
         title="Handling time limits",
         description="Per event code; the deadline runs from filing.",
     )
-    folding: FoldingConfig = Field(default_factory=FoldingConfig, title="Case folding")
-    grid: GridConfig = Field(default_factory=GridConfig, title="Grid")
+    folding: FoldingConfig = Field(
+        default_factory=FoldingConfig,
+        title="Case folding",
+        description="When a new violation episode joins an open case instead of opening one.",
+    )
+    grid: GridConfig = Field(
+        default_factory=GridConfig,
+        title="Grid",
+        description="The city-management grid that gives each case its cell from the event's location.",
+    )
     departments: list[str] = Field(
         default_factory=lambda: [
             "城管执法 enforcement",
@@ -91,7 +111,11 @@ class CaseServerConfig(_Strict):
         title="Re-check on handled",
         description="Ask the camera for a fresh image when a case is reported handled.",
     )
-    open311: Open311Config = Field(default_factory=Open311Config, title="Open311")
+    open311: Open311Config = Field(
+        default_factory=Open311Config,
+        title="Open311",
+        description="The GeoReport v2 endpoint this server offers and the city platforms cases go to.",
+    )
 
     @model_validator(mode="after")
     def verify_limits_cover_codes(self) -> Self:

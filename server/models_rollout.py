@@ -8,10 +8,15 @@ rollout, so a bad model reaches one box at most. Each device's state moves
 
 Who does what (``docs/protocol.md``, model updates): the ingest worker only files each device's
 answer (:func:`record_rollout_result`, in its transaction); whoever holds the model bytes and a
-publisher (``curbwatch models rollout``) drives the rollout with :func:`drive_rollout`, which sends
-what :meth:`RolloutPlan.due` names and polls the tables for the answers. A target is marked ``sent``
-with its correlation id and committed before its command is published, so an answer always finds
-its row. :class:`RolloutPlan` is the pure canary logic both sides apply to the stored states.
+publisher (``curbwatch models rollout``, or ``rollout-resume`` after that process is gone) drives
+the rollout with :func:`drive_rollout`, which sends what :meth:`RolloutPlan.due` names and polls
+the tables for the answers. A target is marked ``sent`` with its correlation id and committed
+before its command is published, so an answer always finds its row; the rollout's row lock makes
+that claim, so two drivers of one rollout never send to the same device at once. A driver that
+died between that commit and the publish leaves a device ``sent`` that never got the update:
+:func:`claim_unanswered` hands such a device out again, under the same correlation id, once it
+has been silent longer than the driver's ``resend_after_s`` while its heartbeats say it is up.
+:class:`RolloutPlan` is the pure canary logic both sides apply to the stored states.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -39,9 +44,10 @@ from curbwatch.schema.protocol import (
     topic,
 )
 from curbwatch.server.audit import SYSTEM_ROLE, append_audit
+from curbwatch.server.cases.queries import as_utc
 from curbwatch.server.device_link import DeviceLinkError
 from curbwatch.server.devices import device_key
-from curbwatch.server.tables import ModelRollout, ModelRolloutTarget
+from curbwatch.server.tables import Device, ModelRollout, ModelRolloutTarget
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -369,6 +375,56 @@ def claim_due(session: Session, rollout_id: str, at: datetime) -> list[tuple[str
     return claimed
 
 
+def claim_unanswered(
+    session: Session, rollout_id: str, at: datetime, resend_after_s: float
+) -> list[tuple[str, str]]:
+    """Hand out again the devices ``sent``, silent ``resend_after_s`` yet heard from (the caller commits).
+
+    A box whose heartbeat came after the send is connected and should have had the command by
+    then; one not heard from since is away, and its broker session queues the first copy, so a
+    resend would only pile model bytes up in the broker. The correlation id stays, so a late
+    answer to the first send still settles the device, and the box ignores a command it has
+    already begun (``edge/rollout.py``). ``updated_at`` moves to ``at`` under the rollout's row
+    lock: a second driver sees the device as freshly sent and leaves it be.
+
+    Returns:
+        ``(device_id, correlation_id)`` of each device to send the update to again.
+    """
+    rollout = _locked(session, rollout_id)
+    if RolloutState(rollout.state) in FINISHED:
+        return []
+    silent_since = at - timedelta(seconds=resend_after_s)
+    claimed = []
+    for target in _targets(session, rollout_id):
+        if target.state != DeviceRolloutState.SENT.value or as_utc(target.updated_at) >= silent_since:
+            continue
+        heard_at = session.scalar(select(Device.last_heartbeat_at).where(Device.id == target.device_id))
+        if heard_at is None or as_utc(heard_at) <= as_utc(target.updated_at):
+            continue
+        assert target.correlation_id is not None  # set with the state "sent"
+        target.updated_at = at
+        claimed.append((target.device_id, target.correlation_id))
+        _audit(
+            session,
+            "model_rollout_resent",
+            actor=SERVER_ACTOR,
+            role=SYSTEM_ROLE,
+            at=at,
+            rollout_id=rollout_id,
+            model=f"{rollout.model_name}@{rollout.model_version}",
+            device_id=target.device_id,
+            silent_s=resend_after_s,
+        )
+    session.flush()
+    return claimed
+
+
+def unfinished_rollouts(session: Session) -> list[str]:
+    """Ids of the rollouts still waiting on their canary or sending to the rest, oldest first."""
+    query = select(ModelRollout.id).where(ModelRollout.state.notin_([state.value for state in FINISHED]))
+    return list(session.scalars(query.order_by(ModelRollout.created_at, ModelRollout.id)))
+
+
 def _settle(
     session: Session,
     rollout: ModelRollout,
@@ -491,8 +547,13 @@ def send_due(
     data: bytes,
     publisher: DevicePublisher,
     clock: Callable[[], datetime],
+    resend_after_s: float | None = None,
 ) -> list[str]:
     """Send the update to the devices due now; those the broker did not take are marked failed.
+
+    Args:
+        resend_after_s: Also send again to devices silent this long since they were sent to
+            (:func:`claim_unanswered`); None never sends twice.
 
     Returns:
         The devices the update was handed to the broker for.
@@ -500,7 +561,10 @@ def send_due(
     with factory() as session, session.begin():
         rollout = _locked(session, rollout_id)
         name, version = rollout.model_name, rollout.model_version
-        claimed = claim_due(session, rollout_id, clock())
+        at = clock()
+        claimed = claim_due(session, rollout_id, at)
+        if resend_after_s is not None:
+            claimed += claim_unanswered(session, rollout_id, at, resend_after_s)
         keys = {device: device_key(session, device) for device, _ in claimed}
     sent = []
     for device, correlation_id in claimed:
@@ -531,10 +595,13 @@ def drive_rollout(
     timeout_s: float,
     on_change: Callable[[TargetView], None],
     poll_s: float = 1.0,
+    resend_after_s: float | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutView:
     """Send to the canary, wait for its answer, send to the rest, wait for theirs.
+
+    Starts from whatever the tables say, so it also resumes a rollout whose first driver is gone.
 
     Args:
         factory: Database sessions (the ingest worker files the answers there).
@@ -545,14 +612,23 @@ def drive_rollout(
         timeout_s: Give up waiting after this long; unanswered devices stay ``sent``.
         on_change: Called with each device whose state changed since the last look (progress).
         poll_s: How often the tables are read.
+        resend_after_s: Send again to a device silent this long after it was sent to (see
+            :func:`claim_unanswered`); None never sends twice.
 
     Returns:
         The rollout as it stands when it finished or the wait ran out.
+
+    Raises:
+        RolloutError: ``data`` is not the model the rollout was made for.
     """
     deadline = monotonic() + timeout_s
+    with factory() as session:
+        sha256 = rollout_status(session, rollout_id).sha256
+    if sha256 != hashlib.sha256(data).hexdigest():
+        raise RolloutError(f"rollout {rollout_id} sends {sha256}, not these bytes")
     seen: dict[str, DeviceRolloutState] = {}
     while True:
-        sent = send_due(factory, rollout_id, data, publisher, clock)
+        sent = send_due(factory, rollout_id, data, publisher, clock, resend_after_s)
         with factory() as session:
             view = rollout_status(session, rollout_id)
         for target in view.targets:

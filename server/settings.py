@@ -24,7 +24,10 @@ class ServerSettings(BaseSettings):
         'curbwatch-ingest-a'
     """
 
-    model_config = SettingsConfigDict(env_prefix="CURBWATCH_", extra="forbid", frozen=True)
+    # "none" in a variable means None, so a single worker can subscribe plainly (CURBWATCH_SHARE_GROUP=none).
+    model_config = SettingsConfigDict(
+        env_prefix="CURBWATCH_", extra="forbid", frozen=True, env_parse_none_str="none"
+    )
 
     database_url: str = Field(
         default="sqlite:///build/curbwatch.db",
@@ -59,8 +62,9 @@ class ServerSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         title="Share group",
         description=(
-            "Workers in one share group split the devices' messages between them. None subscribes "
-            "plainly, for a single worker on a broker without shared subscriptions (the embedded one)."
+            "Workers in one share group split the devices' messages between them ($share/<group>/...). "
+            "`none` subscribes plainly, for a single worker on a broker without shared subscriptions "
+            "(the embedded demo broker)."
         ),
     )
     session_expiry_s: int = Field(

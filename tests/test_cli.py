@@ -155,8 +155,9 @@ def test_edge_check_config_points_at_the_line(tmp_path: Path) -> None:
 
 
 def test_schema_export_check_detects_stale_files(tmp_path: Path) -> None:
-    assert invoke("schema", "export", "--out-dir", str(tmp_path))[0] == 0
-    assert invoke("schema", "export", "--check", "--out-dir", str(tmp_path))[0] == 0
+    dirs = ("--out-dir", str(tmp_path), "--reference-dir", str(tmp_path / "reference"))
+    assert invoke("schema", "export", *dirs)[0] == 0
+    assert invoke("schema", "export", "--check", *dirs)[0] == 0
     (tmp_path / "curbwatch.event.v1.json").write_text("{}")
-    code, _, err = invoke("schema", "export", "--check", "--out-dir", str(tmp_path))
+    code, _, err = invoke("schema", "export", "--check", *dirs)
     assert code == 1 and "curbwatch.event.v1.json" in err

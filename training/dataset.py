@@ -11,6 +11,12 @@ dropped with a perceptual hash, and the train/validation split keeps whole group
 group is every image of one camera in one time block, joined with every image of the same case
 (``split.py``). After the dedup no two images on different sides are within the duplicate distance,
 so near-identical frames never straddle train and validation.
+
+Frames the edges sampled for labelling join the dataset once a person has labelled them
+(``--labelled-samples``, :mod:`~curbwatch.training.samples`): their labels are taken as they are,
+through the same dedup and split, each sample its own group besides its camera-time block.
+Bin-site cases carry no boxes; their frames become crops of the site for the bin classifier
+(:mod:`~curbwatch.training.bin_crops`, ``bins/`` beside ``images/``).
 """
 
 from __future__ import annotations
@@ -33,11 +39,21 @@ from sqlalchemy.orm import Session
 
 from curbwatch.schema.events import EventV1, EvidenceRole
 from curbwatch.schema.yamlio import dump_yaml
+from curbwatch.schema.zones import Rule
 from curbwatch.server.cases.workflow import CaseStatus, ClosureType, RejectReason
 from curbwatch.server.db import make_engine
 from curbwatch.server.evidence import EvidenceStore, EvidenceStoreError
 from curbwatch.server.tables import AuditLog, Case, CaseEvent, Event
+from curbwatch.training.bin_crops import (
+    BINS_DIR,
+    BinCropsCard,
+    BinEvent,
+    SiteBook,
+    site_book,
+    write_bin_crops,
+)
 from curbwatch.training.metrics import box_iou
+from curbwatch.training.samples import LabelledSamples, SamplesError, read_labelled_samples
 from curbwatch.training.split import HASHES, SplitConfig, SplitError, assign_splits, distances, split_groups
 
 logger = logging.getLogger(__name__)
@@ -92,6 +108,13 @@ POLICY: dict[str, PolicyRule] = {
 }
 """Verdict (``confirmed`` or a reject reason) -> what its boxes become."""
 
+LABELLED = "labelled"
+LABELLED_RULE = PolicyRule(
+    LabelUse.LABELS,
+    "a frame the edge was unsure about, labelled by a person in a labelling tool: the saved boxes "
+    "are the labels; a sample without a saved label file is not used",
+)
+
 _CONFIRMED_STATES = frozenset(
     {
         CaseStatus.FILED,
@@ -112,12 +135,18 @@ class _Card(BaseModel):
 
 
 class Provenance(_Card):
-    """One verdict that contributed to an image."""
+    """One verdict, or one labelled sample, that contributed to an image."""
 
-    case_id: str
-    event_id: str
-    verdict: str = Field(description="'confirmed' or the reject reason.")
+    case_id: str | None = None
+    event_id: str | None = None
+    sample_id: str | None = Field(default=None, description="Set for a labelled sample (no case).")
+    verdict: str = Field(description="'confirmed', the reject reason, or 'labelled' for a sample.")
     use: LabelUse
+
+    def describe(self) -> str:
+        if self.sample_id is not None:
+            return f"sample {self.sample_id}, {self.verdict}"
+        return f"{self.verdict} ({self.case_id} / {self.event_id})"
 
 
 class ImageRecord(_Card):
@@ -137,9 +166,10 @@ class ImageRecord(_Card):
 
 
 class Dropped(_Card):
-    """An event frame that is not in the dataset, and why."""
+    """An event frame or a sample that is not in the dataset, and why."""
 
-    case_id: str
+    case_id: str | None = None
+    sample_id: str | None = None
     event_id: str | None = None
     sha256: str | None = None
     reason: str
@@ -173,6 +203,7 @@ class DatasetCard(_Card):
     duplicates: list[Dropped]
     skipped: list[Dropped]
     warnings: list[str]
+    bins: BinCropsCard | None = Field(default=None, description="Crops of bin sites from bin-site cases.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -207,10 +238,16 @@ class _Frame:
     camera: str
     ts: datetime
     frame_wh: tuple[int, int]
-    case_id: str
+    case_id: str | None
     keep: list[_Box] = field(default_factory=list)
     remove: list[_Box] = field(default_factory=list)
     sources: list[Provenance] = field(default_factory=list)
+    sample_id: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """The case or sample the frame was first seen in (a split group key, and for messages)."""
+        return f"case {self.case_id}" if self.case_id is not None else f"sample {self.sample_id}"
 
 
 @dataclass
@@ -219,6 +256,7 @@ class _Harvest:
     skipped: list[Dropped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     cases: Counter[str] = field(default_factory=Counter)
+    bin_events: list[BinEvent] = field(default_factory=list)
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -274,6 +312,9 @@ def _add_event(harvest: _Harvest, case_id: str, verdict: str, document: dict[str
         event_id = document.get("event_id") if isinstance(document, dict) else None
         harvest.skipped.append(Dropped(case_id=case_id, event_id=event_id, reason=f"invalid event: {exc}"))
         return
+    if event.rule is Rule.BIN_OVERFLOW:
+        harvest.bin_events.append(BinEvent(case_id, verdict, event))  # no boxes: a crop, not a label
+        return
     clean = next((ref for ref in event.evidence if ref.role is EvidenceRole.CLEAN), None)
     if clean is None:
         harvest.skipped.append(Dropped(case_id=case_id, event_id=event.event_id, reason="no clean frame"))
@@ -318,6 +359,22 @@ def harvest_verdicts(session: Session) -> _Harvest:
         for document in events.get(case_id, []):
             _add_event(harvest, case_id, verdict, document)
     return harvest
+
+
+def add_labelled_samples(harvest: _Harvest, labelled: LabelledSamples) -> None:
+    """Add the samples a person labelled as frames whose boxes are all labels; list the others."""
+    for skipped in labelled.skipped:
+        harvest.skipped.append(Dropped(sample_id=skipped.sample_id, reason=skipped.reason))
+    for sample in labelled.samples:
+        entry = sample.entry
+        frame = harvest.frames.get(entry.sha256)
+        if frame is None:
+            frame = _Frame(entry.sha256, entry.camera, entry.ts, (entry.width, entry.height), None)
+            frame.sample_id = entry.sample_id
+            harvest.frames[entry.sha256] = frame
+        frame.keep.extend(_Box(label, xyxy) for label, xyxy in sample.boxes)
+        frame.sources.append(Provenance(sample_id=entry.sample_id, verdict=LABELLED, use=LabelUse.LABELS))
+        harvest.cases["labelled_samples"] += 1
 
 
 # ---- images, labels and duplicates ----------------------------------------------------------------
@@ -411,7 +468,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise DatasetError(f"{out} exists and is not empty; pass --overwrite to replace the dataset")
         if not (out / CARD_JSON).is_file():
             raise DatasetError(f"{out} is not a dataset folder (no {CARD_JSON}); refusing to overwrite it")
-        for child in ("images", "labels"):
+        for child in ("images", "labels", BINS_DIR):
             shutil.rmtree(out / child, ignore_errors=True)
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -434,30 +491,27 @@ def _load_images(
     images = []
     for frame in sorted(harvest.frames.values(), key=lambda f: (f.camera, f.ts, f.sha256)):
         first = frame.sources[0]
+        origin = {"case_id": frame.case_id, "sample_id": frame.sample_id, "sha256": frame.sha256}
         try:
             data = store.read(frame.sha256)
         except EvidenceStoreError as exc:
-            message = f"case {frame.case_id}: evidence {frame.sha256}: {exc}"
-            harvest.skipped.append(
-                Dropped(case_id=frame.case_id, event_id=first.event_id, sha256=frame.sha256, reason=str(exc))
-            )
+            message = f"{frame.origin}: evidence {frame.sha256}: {exc}"
+            harvest.skipped.append(Dropped(**origin, event_id=first.event_id, reason=str(exc)))
             harvest.warnings.append(message)
             logger.warning("skipped %s", message)
             continue
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             reason = "corrupt image: not a decodable JPEG/PNG"
-            harvest.skipped.append(
-                Dropped(case_id=frame.case_id, event_id=first.event_id, sha256=frame.sha256, reason=reason)
-            )
-            harvest.warnings.append(f"case {frame.case_id}: evidence {frame.sha256}: {reason}")
-            logger.warning("skipped corrupt evidence %s of case %s", frame.sha256, frame.case_id)
+            harvest.skipped.append(Dropped(**origin, event_id=first.event_id, reason=reason))
+            harvest.warnings.append(f"{frame.origin}: evidence {frame.sha256}: {reason}")
+            logger.warning("skipped corrupt evidence %s of %s", frame.sha256, frame.origin)
             continue
         height, width = image.shape[:2]
         found = _labels_of(frame, (width, height), class_ids, unmapped)
         if found is None:
             reason = "conflicting verdicts: a box is both confirmed and rejected as a false detection"
-            harvest.skipped.append(Dropped(case_id=frame.case_id, sha256=frame.sha256, reason=reason))
+            harvest.skipped.append(Dropped(**origin, reason=reason))
             harvest.warnings.append(f"evidence {frame.sha256}: {reason}")
             continue
         labels, removed = found
@@ -478,6 +532,7 @@ def _dedup(images: list[_Image], max_distance: int) -> tuple[list[_Image], list[
                 dropped.append(
                     Dropped(
                         case_id=image.frame.case_id,
+                        sample_id=image.frame.sample_id,
                         event_id=image.frame.sources[0].event_id,
                         sha256=image.frame.sha256,
                         reason=f"near-duplicate ({int(apart[nearest])} bits apart)",
@@ -501,6 +556,8 @@ def export_dataset(
     hash_name: Literal["phash", "dhash"] = "phash",
     duplicate_distance: int = 4,
     overwrite: bool = False,
+    labelled_samples: Path | None = None,
+    zone_files: Sequence[Path] = (),
 ) -> DatasetResult:
     """Build a YOLO dataset from the verified cases of a server database.
 
@@ -515,6 +572,10 @@ def export_dataset(
         hash_name: Perceptual hash for near-duplicates.
         duplicate_distance: Images whose hashes differ by at most this many bits are duplicates.
         overwrite: Replace an earlier dataset in ``out``.
+        labelled_samples: A samples export whose ``labels/`` a person filled
+            (:func:`~curbwatch.training.samples.read_labelled_samples`); its images come from
+            ``evidence_dir``.
+        zone_files: Zone files locating bin sites the server never published.
 
     Raises:
         DatasetError: No usable verified case, too little data to split, or ``out`` is in the way.
@@ -524,8 +585,17 @@ def export_dataset(
     try:
         with Session(engine) as session:
             harvest = harvest_verdicts(session)
+            try:
+                sites = site_book(session, zone_files) if harvest.bin_events else SiteBook()
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"zone file: {exc}") from exc
     finally:
         engine.dispose()
+    if labelled_samples is not None:
+        try:
+            add_labelled_samples(harvest, read_labelled_samples(labelled_samples))
+        except SamplesError as exc:
+            raise DatasetError(str(exc)) from exc
     if not harvest.frames:
         counts = ", ".join(f"{n} {what}" for what, n in sorted(harvest.cases.items())) or "no cases"
         raise DatasetError(
@@ -548,7 +618,7 @@ def export_dataset(
     groups = split_groups(
         [image.frame.camera for image in images],
         [image.frame.ts for image in images],
-        [image.frame.case_id for image in images],
+        [image.frame.origin for image in images],
         split.block_s,
     )
     try:
@@ -565,12 +635,27 @@ def export_dataset(
         _write_image(out, image, side, group, class_names)
         for image, side, group in zip(images, sides, groups, strict=True)
     ]
+    bins = (
+        write_bin_crops(
+            harvest.bin_events,
+            sites,
+            EvidenceStore(evidence_dir),
+            out,
+            hash_fn=HASHES[hash_name],
+            duplicate_distance=duplicate_distance,
+        )
+        if harvest.bin_events
+        else None
+    )
     card = DatasetCard(
         name=out.name,
         created_at=now.astimezone(UTC),
         source={"database": _redacted(database_url), "evidence_dir": str(evidence_dir)},
         class_names=list(class_names),
-        policy={verdict: {"use": rule.use.value, "why": rule.why} for verdict, rule in POLICY.items()},
+        policy={
+            verdict: {"use": rule.use.value, "why": rule.why}
+            for verdict, rule in {**POLICY, LABELLED: LABELLED_RULE}.items()
+        },
         split={
             "method": "group split: a group joins the images of one camera within one time block and the "
             "images of one case; each group goes wholly to train or to val. Near-duplicates were dropped "
@@ -595,6 +680,7 @@ def export_dataset(
         duplicates=duplicates,
         skipped=harvest.skipped,
         warnings=harvest.warnings,
+        bins=bins,
     )
     data_yaml = out / DATA_YAML
     # No 'path' key: Ultralytics then resolves train/val against this file's folder, so the
@@ -697,13 +783,15 @@ def render_card_markdown(card: DatasetCard) -> str:
             + ", ".join(f"{label} {n}" for label, n in card.unmapped_labels.items()),
             "",
         ]
+    lines += _bins_markdown(card.bins)
     lines += ["## Warnings", ""]
     lines += [f"- {warning}" for warning in card.warnings] or ["None."]
     lines += ["", "## Skipped frames", ""]
     if card.skipped:
-        lines += ["| case | event | sha256 | reason |", "|---|---|---|---|"]
+        lines += ["| case or sample | event | sha256 | reason |", "|---|---|---|---|"]
         lines += [
-            f"| {d.case_id} | {d.event_id or ''} | {d.sha256 or ''} | {d.reason} |" for d in card.skipped
+            f"| {d.case_id or f'sample {d.sample_id}'} | {d.event_id or ''} | {d.sha256 or ''} | {d.reason} |"
+            for d in card.skipped
         ]
     else:
         lines.append("None.")
@@ -716,12 +804,38 @@ def render_card_markdown(card: DatasetCard) -> str:
     ]
     for record in card.images:
         labels = ", ".join(f"{name} {n}" for name, n in record.labels.items()) or "background"
-        sources = "; ".join(f"{s.verdict} ({s.case_id} / {s.event_id})" for s in record.sources)
+        sources = "; ".join(source.describe() for source in record.sources)
         lines.append(
             f"| {record.file} | {record.split} | {record.camera} | {record.ts.isoformat()} | {labels} | "
             f"{record.removed_boxes} | {sources} | {record.sha256} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _bins_markdown(bins: BinCropsCard | None) -> list[str]:
+    if bins is None:
+        return []
+    lines = [
+        "## Bin-site crops",
+        "",
+        f"`{bins.folder}/`: {bins.counts['overflow']} overflow, {bins.counts['clean']} clean "
+        f"(`curbwatch train bins --data {bins.folder}`); {len(bins.skipped)} frames not cropped.",
+        "",
+        "| verdict | crops go to | why |",
+        "|---|---|---|",
+    ]
+    for verdict, rule in bins.policy.items():
+        folder, why = rule.split(": ", 1)
+        lines.append(f"| {verdict} | {folder} | {why} |")
+    lines += ["", "| file | verdict (case / event) | camera | zone |", "|---|---|---|---|"]
+    lines += [
+        f"| {c.file} | {c.verdict} ({c.case_id} / {c.event_id}) | {c.camera} | {c.zone} |" for c in bins.crops
+    ]
+    lines += [""]
+    lines += [
+        f"- not cropped: case {s['case_id']} event {s['event_id']}: {s['reason']}" for s in bins.skipped
+    ]
+    return [*lines, ""] if bins.skipped else lines
 
 
 def card_summary(card: DatasetCard) -> str:
@@ -733,4 +847,9 @@ def card_summary(card: DatasetCard) -> str:
         )
         + f"\n{len(card.duplicates)} near-duplicates dropped, {len(card.skipped)} frames skipped"
         + (f", {len(card.warnings)} warnings (see the card)" if card.warnings else "")
+        + (
+            f"\nbins: {card.bins.counts['overflow']} overflow, {card.bins.counts['clean']} clean crops"
+            if card.bins
+            else ""
+        )
     )

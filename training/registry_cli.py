@@ -15,6 +15,7 @@ from curbwatch.training.registry import DEFAULT_REGISTRY
 if TYPE_CHECKING:
     from curbwatch.server.models_rollout import TargetView
     from curbwatch.server.settings import ServerSettings
+    from curbwatch.training.registry import RegistryEntry
 
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: one card per model version.")
 
@@ -130,7 +131,8 @@ def rollout_command(
     once it has reported "applied" (a canary that fails or rolls back halts the rollout). The ingest
     worker must be running: it files the devices' answers. The broker comes from CURBWATCH_MQTT_*.
     Exit code 0 when every device applied the model, 1 otherwise (halted, failed, or timed out;
-    see `curbwatch models rollout-status ID`).
+    see `curbwatch models rollout-status ID`). The rollout lives in the database: if this command
+    stops (timeout, Ctrl-C, a crash), `curbwatch models rollout-resume` carries it on.
 
     Examples:
         curbwatch models rollout curb-detector@4 --devices edge-1,edge-2,edge-3 --canary edge-2
@@ -148,17 +150,12 @@ def rollout_command(
         create_rollout,
         drive_rollout,
     )
-    from curbwatch.training.registry import Registry, RegistryError
+    from curbwatch.training.registry import RegistryError
 
-    models = Registry(registry)
     try:
-        entry = models.get(ref)
+        entry, data = _verified_model(registry, ref)
     except RegistryError as exc:
         _fail(str(exc))
-    problem = models.verify(entry.file)
-    if problem:
-        _fail(f"{entry.ref}: onnx {problem}")
-    data = models.resolve(entry.file).read_bytes()
     settings = _settings(database_url)
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
@@ -195,9 +192,116 @@ def rollout_command(
         engine.dispose()
     waiting = [t.device_id for t in view.targets if t.state is DeviceRolloutState.SENT]
     if waiting:
-        _fail(f"rollout {rollout_id}: timed out after {timeout_s:g} s waiting for {', '.join(waiting)}")
+        _fail(
+            f"rollout {rollout_id}: timed out after {timeout_s:g} s waiting for {', '.join(waiting)} "
+            f"(`curbwatch models rollout-resume {rollout_id}` carries it on)"
+        )
     typer.echo(f"rollout {rollout_id}: {view.state.value}")
     if any(t.state is not DeviceRolloutState.APPLIED for t in view.targets):
+        raise typer.Exit(1)
+
+
+@models_app.command("rollout-resume")
+def rollout_resume_command(
+    rollout_ids: Annotated[
+        list[str] | None, typer.Argument(help="Rollout ids (`curbwatch models rollout` printed them).")
+    ] = None,
+    all_unfinished: Annotated[
+        bool, typer.Option("--all", help="Every rollout still waiting on its canary or sending.")
+    ] = False,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", min=0, help="Seconds to wait for answers per rollout.")
+    ] = 900.0,
+    resend_after_s: Annotated[
+        float,
+        typer.Option(
+            "--resend-after",
+            min=1,
+            help="Send again to a device up (heartbeats) but silent this many seconds after it was sent to.",
+        ),
+    ] = 1800.0,
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Carry on rollouts whose `curbwatch models rollout` stopped, from where the database says they are.
+
+    Sends to the devices now due: the rest once the canary has applied the model (its answer is
+    filed by the ingest worker even with no rollout command running), and, again, any device that
+    has not answered for --resend-after seconds although its heartbeats show it is up, since a
+    sender that died between recording a send and publishing it left that device without the
+    update (same correlation id: a box that already has the command ignores it; a box that is
+    away gets the first copy from its broker session). The model is read from the registry by
+    the rollout's NAME@VERSION and must still have the sha256 the rollout started with.
+
+    Several copies may run at once (a timer and a person): each device is claimed under the
+    rollout's row lock, so none is sent the update twice at the same time. Run `--all --timeout
+    60` from a timer every few minutes so that no rollout waits on a person. Exit code 1 when a
+    rollout cannot be resumed (unknown id, model missing or changed) or the database cannot be
+    read; devices still waiting are not an error. An update the broker does not take fails that
+    device, as with `curbwatch models rollout`.
+
+    Examples:
+        curbwatch models rollout-resume 3f2a9c0e5b1d4e7f8a6b2c4d1e0f9a8b
+        curbwatch models rollout-resume --all --timeout 60
+    """
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from curbwatch.server.db import make_engine, make_session_factory
+    from curbwatch.server.device_link import MqttDevicePublisher
+    from curbwatch.server.models_rollout import (
+        RolloutError,
+        drive_rollout,
+        rollout_status,
+        unfinished_rollouts,
+    )
+    from curbwatch.training.registry import RegistryError
+
+    if bool(rollout_ids) == all_unfinished:
+        _fail("name rollout ids or pass --all (not both)")
+    settings = _settings(database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    publisher = MqttDevicePublisher(settings)
+    problems = []
+    try:
+        with factory() as session:
+            ids = unfinished_rollouts(session) if all_unfinished else list(rollout_ids or [])
+        if not ids:
+            typer.echo("no unfinished rollouts")
+        for rollout_id in ids:
+            try:
+                with factory() as session:
+                    ref = rollout_status(session, rollout_id)
+                entry, data = _verified_model(registry, ref.ref)
+                if entry.file.sha256 != ref.sha256:
+                    raise RolloutError(
+                        f"{ref.ref} in {registry} has sha256 {entry.file.sha256}, "
+                        f"the rollout sends {ref.sha256}"
+                    )
+                typer.echo(f"rollout {rollout_id}: {ref.ref} {ref.state.value}")
+                view = drive_rollout(
+                    factory,
+                    rollout_id,
+                    data,
+                    publisher,
+                    clock=lambda: datetime.now(UTC),
+                    timeout_s=timeout_s,
+                    resend_after_s=resend_after_s,
+                    on_change=lambda target: typer.echo(_target_line(target)),
+                )
+            except (RolloutError, RegistryError) as exc:
+                problems.append(f"rollout {rollout_id}: {exc}")
+                typer.echo(problems[-1], err=True)
+                continue
+            typer.echo(f"rollout {rollout_id}: {view.state.value}")
+    except SQLAlchemyError as exc:
+        _fail(f"database {settings.database_url}: {exc} (has `curbwatch server migrate` run?)")
+    finally:
+        publisher.close()
+        engine.dispose()
+    if problems:
         raise typer.Exit(1)
 
 
@@ -214,7 +318,7 @@ def rollout_status_command(
     from sqlalchemy.exc import SQLAlchemyError
 
     from curbwatch.server.db import make_engine, make_session_factory
-    from curbwatch.server.models_rollout import RolloutError, rollout_status
+    from curbwatch.server.models_rollout import FINISHED, RolloutError, rollout_status
 
     url = _settings(database_url).database_url
     engine = make_engine(url)
@@ -231,6 +335,24 @@ def rollout_status_command(
     typer.echo(f"started {view.created_at.isoformat()} by {view.created_by}; sha256 {view.sha256}")
     for target in view.targets:
         typer.echo(_target_line(target))
+    if view.state not in FINISHED:
+        typer.echo(f"not finished: `curbwatch models rollout-resume {view.id}` carries it on")
+
+
+def _verified_model(registry: Path, ref: str) -> tuple[RegistryEntry, bytes]:
+    """A registered model's card and ONNX bytes, which must still have the recorded sha256.
+
+    Raises:
+        RegistryError: Unknown model, or its file is missing or changed.
+    """
+    from curbwatch.training.registry import Registry, RegistryError
+
+    models = Registry(registry)
+    entry = models.get(ref)
+    problem = models.verify(entry.file)
+    if problem:
+        raise RegistryError(f"{entry.ref}: onnx {problem}")
+    return entry, models.resolve(entry.file).read_bytes()
 
 
 def _settings(database_url: str | None) -> ServerSettings:

@@ -203,7 +203,10 @@ def _known_classes(classes: list[str], info: ValidationInfo) -> list[str]:
 class NoParkingZone(_RuleZone):
     """Vehicles must not stay here."""
 
-    kind: Literal["no_parking"]
+    kind: Literal["no_parking"] = Field(
+        title="Kind",
+        description="A no-parking zone: vehicles standing still longer than min_dwell_s are flagged.",
+    )
     min_dwell_s: float = Field(
         default=180.0,
         gt=0,
@@ -227,7 +230,10 @@ class NoParkingZone(_RuleZone):
 class NoVendingZone(_RuleZone):
     """People with vending objects must not set up here."""
 
-    kind: Literal["no_vending"]
+    kind: Literal["no_vending"] = Field(
+        title="Kind",
+        description="A no-vending zone: a staffed stall standing longer than min_dwell_s is flagged.",
+    )
     min_dwell_s: float = Field(
         default=120.0,
         gt=0,
@@ -257,7 +263,9 @@ class NoVendingZone(_RuleZone):
 class BinSiteZone(_RuleZone):
     """Where bins stand; overflow is judged on the image inside the polygon."""
 
-    kind: Literal["bin_site"]
+    kind: Literal["bin_site"] = Field(
+        title="Kind", description="A bin site: overflow is judged on the image inside the polygon."
+    )
     min_dwell_s: float = Field(
         default=300.0,
         gt=0,
@@ -275,13 +283,18 @@ class BinSiteZone(_RuleZone):
 class PermittedVendingZone(_ZoneBase):
     """A licensed vending area: no vending violation inside it during its schedule."""
 
-    kind: Literal["permitted_vending"]
+    kind: Literal["permitted_vending"] = Field(
+        title="Kind",
+        description="A licensed vending area: no vending violation inside it during its schedule.",
+    )
 
 
 class PrivacyMaskZone(_ZoneBase):
     """Blanked before inference and in every stored image."""
 
-    kind: Literal["privacy_mask"]
+    kind: Literal["privacy_mask"] = Field(
+        title="Kind", description="A privacy mask: blanked before inference and in every stored image."
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -301,8 +314,8 @@ RuleZone = NoParkingZone | NoVendingZone | BinSiteZone
 class GeoPoint(_Strict):
     """WGS-84 position of the camera or the scene."""
 
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90, title="Latitude", description="Degrees north (WGS-84).")
+    lon: float = Field(ge=-180, le=180, title="Longitude", description="Degrees east (WGS-84).")
 
 
 def check_timezone(value: str) -> str:
@@ -324,7 +337,12 @@ class ZoneFile(_Strict):
     """All zones of one camera."""
 
     version: Literal[1] = Field(title="Version", description="Zone file format version.")
-    camera: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64, title="Camera id")
+    camera: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=64,
+        title="Camera id",
+        description="The camera these zones belong to; must equal its id in edge.yaml.",
+    )
     frame_wh: tuple[int, int] = Field(
         title="Frame size", description="Width and height the polygons are drawn on."
     )
@@ -335,7 +353,9 @@ class ZoneFile(_Strict):
     event_codes: dict[Violation, EventCodeEntry] = Field(
         default_factory=default_event_codes, title="Event codes", description="The city's event-code table."
     )
-    zones: list[Zone] = Field(min_length=1, title="Zones")
+    zones: list[Zone] = Field(
+        min_length=1, title="Zones", description="The camera's zones; `kind` says what each one is."
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -63,3 +63,11 @@ def test_settings_from_environment(monkeypatch) -> None:
     )
     with pytest.raises(ValueError, match="extra"):
         get_settings(nonsense=1)
+
+
+def test_share_group_none_from_environment_subscribes_plainly(monkeypatch) -> None:
+    monkeypatch.setenv("CURBWATCH_SHARE_GROUP", "none")
+    assert get_settings().share_group is None
+    monkeypatch.setenv("CURBWATCH_SHARE_GROUP", "")
+    with pytest.raises(ValueError, match="share_group"):
+        get_settings()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,12 +24,15 @@ from curbwatch.server.models_rollout import (
     RolloutError,
     RolloutPlan,
     RolloutState,
+    claim_due,
     create_rollout,
     drive_rollout,
     rollout_status,
+    send_due,
+    unfinished_rollouts,
     update_messages,
 )
-from curbwatch.server.tables import AuditLog, DeadLetter, ModelRolloutTarget
+from curbwatch.server.tables import AuditLog, DeadLetter, Device, ModelRolloutTarget
 from tests.server.conftest import register
 
 KEY = b"d" * 32
@@ -263,3 +268,130 @@ def test_a_rollout_to_an_unknown_device_is_refused(session_factory: sessionmaker
     known = register(session_factory)[0]
     with pytest.raises(RolloutError, match="unknown devices: nobody-here"):
         start(session_factory, [known, "nobody-here"])
+
+
+def test_a_rollout_whose_driver_stopped_after_the_canary_is_carried_on_by_another(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    a, b, c = (register(session_factory)[0] for _ in range(3))
+    rollout_id = start(session_factory, [a, b, c], canary=b)
+    edges = FakeEdges(session_factory, handler, {a: (True, "applied"), b: None, c: (True, "applied")})
+
+    assert send_due(session_factory, rollout_id, DATA, edges, lambda: AT) == [b]
+    # The driver is gone; the canary's answer still reaches the ingest worker's handler.
+    applied = CommandResultV1(
+        correlation_id=edges.commands[b].correlation_id, ok=True, result={"model_version": "det@2"}
+    )
+    assert edges.deliver(b, applied) is Result.RECORDED
+    with session_factory() as session:
+        stalled = rollout_status(session, rollout_id)
+        assert rollout_id in unfinished_rollouts(session)
+    assert stalled.state is RolloutState.ROLLING
+    assert [t.state.value for t in stalled.targets] == ["pending", "applied", "pending"]
+
+    view, _ = drive(session_factory, rollout_id, edges)
+
+    assert view.state is RolloutState.DONE
+    assert [t.state.value for t in view.targets] == ["applied"] * 3
+    assert edges.chunks == {a: 1, b: 1, c: 1}, "each device got the model once"
+    with session_factory() as session:
+        assert rollout_id not in unfinished_rollouts(session)
+
+
+def test_a_device_recorded_as_sent_but_never_sent_gets_the_update_after_its_silence(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    a, b = register(session_factory)[0], register(session_factory)[0]
+    rollout_id = start(session_factory, [a, b])
+    with session_factory() as session, session.begin():
+        # A driver that died between committing the claim and publishing it.
+        [(_, correlation_id)] = claim_due(session, rollout_id, AT)
+    edges = FakeEdges(session_factory, handler, {a: (True, "applied"), b: (True, "applied")})
+
+    def resume(at: datetime) -> Any:
+        return drive_rollout(
+            session_factory,
+            rollout_id,
+            DATA,
+            edges,
+            clock=lambda: at,
+            timeout_s=0,
+            resend_after_s=600,
+            on_change=lambda _: None,
+        )
+
+    too_soon = resume(AT + timedelta(seconds=599))
+    assert (too_soon.state, edges.commands) == (RolloutState.CANARY, {})
+    away = resume(AT + timedelta(seconds=601))
+    assert (away.state, edges.commands) == (RolloutState.CANARY, {}), "not heard from: its session queues it"
+    with session_factory() as session, session.begin():
+        session.get(Device, a).last_heartbeat_at = AT + timedelta(seconds=300)
+
+    view = resume(AT + timedelta(seconds=601))
+
+    assert edges.commands[a].correlation_id == correlation_id, "the same command: a late answer still counts"
+    assert view.state is RolloutState.ROLLING and view.targets[0].state is DeviceRolloutState.APPLIED
+    assert drive(session_factory, rollout_id, edges)[0].state is RolloutState.DONE
+    assert "model_rollout_resent" in audit_actions(session_factory, rollout_id)
+
+
+def test_bytes_other_than_the_rollouts_model_are_not_sent(
+    session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    a = register(session_factory)[0]
+    rollout_id = start(session_factory, [a])
+    edges = FakeEdges(session_factory, handler, {a: (True, "applied")})
+
+    with pytest.raises(RolloutError, match="not these bytes"):
+        drive_rollout(
+            session_factory, rollout_id, DATA + b"x", edges, clock=lambda: AT, timeout_s=0, on_change=print
+        )
+    assert edges.commands == {}
+
+
+def test_two_drivers_at_once_send_each_device_the_update_once(
+    database_url: str, session_factory: sessionmaker[Session], handler: MessageHandler
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: a second driver waits or fails, it never overlaps")
+    devices = [register(session_factory)[0] for _ in range(6)]
+    rollout_id = start(session_factory, devices)
+    edges = FakeEdges(session_factory, handler, dict.fromkeys(devices, (True, "applied")))
+    counting = CountingEdges(edges)
+    barrier = threading.Barrier(4)
+
+    def driver() -> None:
+        barrier.wait()
+        drive_rollout(
+            session_factory,
+            rollout_id,
+            DATA,
+            counting,
+            clock=lambda: AT,
+            timeout_s=5,
+            poll_s=0.01,
+            on_change=lambda _: None,
+        )
+
+    threads = [threading.Thread(target=driver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert counting.commands == dict.fromkeys(devices, 1)
+    with session_factory() as session:
+        assert rollout_status(session, rollout_id).state is RolloutState.DONE
+
+
+class CountingEdges:
+    """Counts the commands each device is sent, from any number of threads."""
+
+    def __init__(self, edges: FakeEdges) -> None:
+        self.edges, self.commands, self.lock = edges, Counter[str](), threading.Lock()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        if topic.endswith("/command"):
+            with self.lock:
+                self.commands[topic.split("/")[2]] += 1
+        self.edges.publish(topic, payload, retain=retain)

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -134,6 +135,8 @@ class VerdictDb:
         verdict: str | None,
         *,
         step_s: float = 30.0,
+        end_reason: str = "left",
+        **event: Any,
     ) -> str:
         """Store one episode (one event per frame), fold it into a case and apply the verdict.
 
@@ -143,6 +146,8 @@ class VerdictDb:
             frames: One clean frame per event, in order.
             verdict: 'confirm', a reject reason, or None to leave the case awaiting verification.
             step_s: Seconds between events.
+            end_reason: Why the episode's last event ended it.
+            event: Event fields to set on every event (a bin-site case: rule, violation, zone...).
         """
         episode_id = uuid.uuid4().hex
         events = []
@@ -159,7 +164,7 @@ class VerdictDb:
                 ts=ts.isoformat(),
                 dwell_s=step_s * index,
                 frame_wh=list(frame.size_wh),
-                end_reason="left" if kind == "end" else None,
+                end_reason=end_reason if kind == "end" else None,
                 objects=[
                     {"track_id": n, "label": label, "score": 0.8, "xyxy": list(box), "stationary_s": 60.0}
                     for n, (label, box) in enumerate(frame.objects)
@@ -175,6 +180,7 @@ class VerdictDb:
                         "restricted": True,
                     }
                 ],
+                **event,
             )
             events.append(EventV1.model_validate(document))
         with self.session_factory() as session, session.begin():
