@@ -307,7 +307,7 @@ class Sample(Base):
     """A frame an edge picked for labelling because the detector was unsure (``edge/sampling.py``).
 
     The image is an ``evidence`` row under ``image_sha256``; it may arrive after the document
-    (redelivery reorders), hence no foreign key. ``training/dataset.py`` lists these for labelling.
+    (redelivery reorders), hence no foreign key. ``training/samples.py`` lists these for labelling.
     """
 
     __tablename__ = "samples"

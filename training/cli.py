@@ -16,11 +16,14 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from curbwatch.training.registry_cli import DEFAULT_REGISTRY, RegistryOption
+from curbwatch.training.samples_cli import samples_app
 
 train_app = typer.Typer(
     no_args_is_help=True,
     help="Retraining loop: dataset from verdicts, training, evaluation gate, ONNX/INT8 export.",
 )
+
+train_app.add_typer(samples_app, name="samples")
 
 NOT_PROMOTED_EXIT = 2
 
@@ -74,19 +77,42 @@ def dataset_command(
         int, typer.Option(min=0, max=64, help="Hashes at most this many bits apart are near-duplicates.")
     ] = 4,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier dataset in --out.")] = False,
+    labelled_samples: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `curbwatch train samples export` folder whose labels/ a person filled.",
+            show_default=False,
+        ),
+    ] = None,
+    zones: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--zones",
+            help="Zone files locating bin sites the server never published (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Export verified cases as a YOLO dataset with data.yaml and a dataset card.
 
     Confirmed cases become labels; cases rejected as false detections become hard negatives; cases
     rejected as not a violation, permitted or duplicate keep their boxes (the detector was right).
+    With --labelled-samples, the sampled frames a person labelled join the dataset (same dedup and
+    split; unlabelled ones are listed as skipped). Bin-site cases become crops of the site in
+    bins/overflow (confirmed) and bins/clean (rejected as a false detection), the layout
+    `curbwatch train bins --data OUT/bins` reads; the site's polygon comes from the zones the
+    server published to the camera, else from --zones.
 
     Examples:
         curbwatch train dataset --out build/datasets/street --classes car,motorcycle,person
         curbwatch train dataset --database-url postgresql+psycopg://cw@db/cw --evidence-dir /srv/evidence \\
             --model curb-detector --out build/datasets/street-2026-11
+        curbwatch train dataset --out build/datasets/street --model curb-detector \\
+            --labelled-samples build/labelling/2026-11 --zones zones/market-st.yaml
     """
     from curbwatch.server.settings import get_settings
-    from curbwatch.training.dataset import DatasetError, card_summary, export_dataset
+    from curbwatch.training.dataset import export_dataset
+    from curbwatch.training.dataset_card import DatasetError, card_summary
     from curbwatch.training.registry import Registry, RegistryError, class_names_of
     from curbwatch.training.split import HASHES, SplitConfig
 
@@ -110,8 +136,58 @@ def dataset_command(
             hash_name=hash_name,  # type: ignore[arg-type]
             duplicate_distance=max_distance,
             overwrite=overwrite,
+            labelled_samples=labelled_samples,
+            zone_files=zones or [],
         )
     except (DatasetError, RegistryError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{result.data_yaml}\n{card_summary(result.card)}")
+
+
+@train_app.command("synth-data")
+def synth_data_command(
+    out: Annotated[Path, typer.Option(help="Dataset folder to create, e.g. build/datasets/synth-street.")],
+    train_scenes: Annotated[int, typer.Option(help="Training scenes (seeds from --first-seed on).")] = 24,
+    val_scenes: Annotated[
+        int, typer.Option(help="Validation scenes (the seeds after the training ones).")
+    ] = 6,
+    first_seed: Annotated[int, typer.Option(help="First seed; at least 100 (1 and 2 are the demo's).")] = 100,
+    seconds: Annotated[float, typer.Option(help="Length of every scene.")] = 120.0,
+    every_s: Annotated[float, typer.Option(help="Scene time between two sampled frames.")] = 2.0,
+    width: Annotated[int, typer.Option(help="Frame width.")] = 960,
+    height: Annotated[int, typer.Option(help="Frame height.")] = 540,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier dataset in --out.")] = False,
+) -> None:
+    """Render seeded synthetic street scenes into a YOLO dataset with data.yaml and a dataset card.
+
+    Only the sampled frames are rendered; labels are the scenes' exact ground truth. Whole scenes go
+    to train or to val; seeds below 100 are reserved for the demo's cameras and refused.
+
+    Examples:
+        curbwatch train synth-data --out build/datasets/synth-street
+        curbwatch train synth-data --out build/datasets/synth-small --train-scenes 4 --val-scenes 1 \\
+            --every-s 4 --first-seed 500 --overwrite
+    """
+    from pydantic import ValidationError
+
+    from curbwatch.training.dataset_card import DatasetError, card_summary
+    from curbwatch.training.synth_data import SynthDataConfig, build_synth_dataset
+
+    try:
+        config = SynthDataConfig(
+            train_scenes=train_scenes,
+            val_scenes=val_scenes,
+            first_seed=first_seed,
+            seconds=seconds,
+            every_s=every_s,
+            frame_wh=(width, height),
+        )
+    except ValidationError as exc:
+        problems = (f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid synth-data settings: {'; '.join(problems)}")
+    try:
+        result = build_synth_dataset(out, config, now=_now(), overwrite=overwrite, progress=_progress)
+    except DatasetError as exc:
         _fail(str(exc))
     typer.echo(f"{result.data_yaml}\n{card_summary(result.card)}")
 

@@ -190,7 +190,7 @@ class PublishRequest:
 def _lineage(
     request: PublishRequest, registry: Registry
 ) -> tuple[ParentModel | None, TrainingData, TrainingRun | None]:
-    from curbwatch.training.dataset import CARD_JSON
+    from curbwatch.training.dataset_card import CARD_JSON
 
     summary = load_summary(request.weights)
     card = request.data.parent / CARD_JSON

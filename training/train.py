@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from curbwatch.edge.detect.card import file_sha256
-from curbwatch.training.dataset import CARD_JSON
+from curbwatch.training.dataset_card import CARD_JSON
 
 logger = logging.getLogger(__name__)
 

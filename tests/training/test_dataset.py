@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from curbwatch.cli import app
-from curbwatch.training.dataset import DatasetError, export_dataset, load_dataset_card
+from curbwatch.training.dataset import export_dataset
+from curbwatch.training.dataset_card import DatasetError, load_dataset_card
 from curbwatch.training.split import SplitConfig, distances, phash
 from tests.training.factories import (
     CLASSES,
