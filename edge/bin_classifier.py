@@ -33,7 +33,7 @@ from curbwatch.edge.detect.families import Letterbox, make_codec
 logger = logging.getLogger(__name__)
 
 BIN_STATE_FORMAT = "curbwatch.bin_state.v1"
-DEFAULT_BIN_ARTEFACT = DEFAULT_MODELS_DIR / "bin_state_v1.json"
+DEFAULT_BIN_ARTEFACT = DEFAULT_MODELS_DIR / "bin_state_v2.json"
 CLASS_NAMES = ("clean", "overflowing")
 # colour_statistics: hue 12 + saturation 6 + value 6 + gradient 6 + edges, cardboard, white.
 COLOUR_FEATURES = 33
@@ -115,7 +115,7 @@ class LinearHead(_Frozen):
 
 
 class BinStateArtefact(_Frozen):
-    """A trained bin-state classifier (``models/bin_state_v1.json``), written by ``curbwatch train bins``."""
+    """A trained bin-state classifier (``models/bin_state_v2.json``), written by ``curbwatch train bins``."""
 
     format: Literal["curbwatch.bin_state.v1"]
     name: str = Field(min_length=1)

@@ -455,7 +455,7 @@ def bins_command(
         Path, typer.Option(help="Folder with clean/ and overflow/ photos of bin sites.", show_default=False)
     ],
     out: Annotated[Path, typer.Option(help="Classifier artefact (JSON) to write.")] = Path(
-        "models/bin_state_v1.json"
+        "models/bin_state_v2.json"
     ),
     detector: Annotated[
         Path | None,
@@ -475,6 +475,7 @@ def bins_command(
         int, typer.Option(min=1, help="Leave-one-out runs, each with other inner-loop shuffles.")
     ] = 3,
     seed: Annotated[int, typer.Option(help="Seed of every data split.")] = 0,
+    version: Annotated[str, typer.Option(help="Version written into the artefact.")] = "1",
 ) -> None:
     """Train the bin-state classifier (overflowing or clean) and measure it by nested cross-validation.
 
@@ -483,7 +484,7 @@ def bins_command(
     their held-out predictions.
 
     Examples:
-        curbwatch train bins --data ../shared/data/amsterdam-bins --out models/bin_state_v1.json
+        curbwatch train bins --data ../shared/data/amsterdam-bins --out models/bin_state_v2.json --version 2
         curbwatch train bins --data photos/ --out build/bins.json --repeats 3 --detector yolox_nano.onnx
     """
     from curbwatch.edge.bins import BinEstimatorError
@@ -499,13 +500,14 @@ def bins_command(
 
     detector = detector or default_detector_path()
     report = report or out.with_suffix(".md")
-    arguments = ["--data", str(data), "--out", str(out), "--folds", str(folds), "--repeats", str(repeats)]
+    arguments = ["--data", str(data), "--out", str(out), "--version", version, "--folds", str(folds)]
+    arguments += ["--repeats", str(repeats)]
     command = shlex.join(
         ["curbwatch", "train", "bins", *arguments, "--loo-repeats", str(loo_repeats), "--seed", str(seed)]
     )
     try:
         result = train_bin_classifier(
-            data, detector, _now(), folds, repeats, loo_repeats, seed, progress=_progress
+            data, detector, _now(), folds, repeats, loo_repeats, seed, progress=_progress, version=version
         )
     except (BinTrainingError, BinEstimatorError, DetectorError) as exc:
         _fail(str(exc))
@@ -514,7 +516,7 @@ def bins_command(
     for name, approach in result.artefact.metrics["approaches"].items():
         kfold, loo = approach["kfold"], approach["loo"]
         typer.echo(
-            f"{name:7s} accuracy {kfold['accuracy_mean']:.3f} ± {kfold['accuracy_std']:.3f} "
+            f"{name:9s} accuracy {kfold['accuracy_mean']:.3f} ± {kfold['accuracy_std']:.3f} "
             f"({kfold['scheme']}), {loo['accuracy_mean']:.3f} ± {loo['accuracy_std']:.3f} ({loo['scheme']}); "
             f"balanced {kfold['balanced_accuracy_mean']:.3f}" + ("  <- shipped" if name == SHIPPED else "")
         )

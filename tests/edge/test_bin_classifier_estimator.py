@@ -66,8 +66,10 @@ def test_estimator_matches_the_training_pipeline(
     extractor = BinFeatureExtractor(yolox_nano_path, spec, file_sha256(yolox_nano_path))
     values = training.extract_features(chosen, extractor)
     features = training.feature_set(values, np.array([p.label for p in chosen]), spec)
-    choice = {"deep": 0.03, "colour": 1.0}
-    blocks = {b: training.fit_block(features.block(b), features.labels, c) for b, c in choice.items()}
+    choice = {"deep": training.C_GRID["deep"], "colour": (1.0,)}
+    blocks = {
+        b: training.fit_averaged_block(features.block(b), features.labels, cs) for b, cs in choice.items()
+    }
     committed = json.loads(DEFAULT_BIN_ARTEFACT.read_text())
     artefact = committed | {"head": training.fit_head(features, choice).model_dump(mode="json")}
     path = tmp_path / "bins.json"

@@ -15,11 +15,14 @@ from curbwatch.cli import app
 from curbwatch.edge.bin_classifier import BinStateArtefact, add_graph_outputs, load_bin_artefact
 from curbwatch.edge.detect.card import file_sha256
 from curbwatch.training.bin_classifier import (
+    C_GRID,
     SHIPPED,
+    TARGET_ACCURACY,
     YOLOX_NANO_LAYERS,
     BinTrainingError,
     FeatureSet,
     TrainingResult,
+    fit_averaged_block,
     fit_block,
     fit_head,
     load_photos,
@@ -28,9 +31,8 @@ from curbwatch.training.bin_classifier import (
 )
 from tests.conftest import REPO_ROOT
 
-COMMITTED = REPO_ROOT / "models" / "bin_state_v1.json"
+COMMITTED = REPO_ROOT / "models" / "bin_state_v2.json"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-TARGET = 0.85  # issue 5: accuracy on real photos the classifier has not seen
 runner = CliRunner()
 
 
@@ -47,24 +49,26 @@ def measured(bins_dir: Path, yolox_nano_path: Path) -> TrainingResult:
 
 @pytest.mark.slow
 def test_cross_validated_accuracy_is_the_reported_one(measured: TrainingResult) -> None:
-    """Nested CV (C chosen inside each training fold) on the 22 real photos, as in models/bin_state_v1.md."""
+    """Cross-validation on the 22 real photos, as in models/bin_state_v2.md; approaches that choose C
+    choose it inside each training fold."""
     approaches = measured.artefact.metrics["approaches"]
-    fused, colour = approaches[SHIPPED]["kfold"], approaches["colour"]["kfold"]
+    shipped, colour = approaches[SHIPPED]["kfold"], approaches["colour"]["kfold"]
     majority = 15 / 22
-    assert fused["scheme"] == "7-fold x10"
-    assert fused["accuracy_mean"] >= 0.80
-    assert fused["accuracy_mean"] > colour["accuracy_mean"] + 0.03  # beats the model-free colour baseline
-    assert fused["accuracy_mean"] > majority + 0.1
-    assert fused["balanced_accuracy_mean"] >= 0.70
-    assert approaches[SHIPPED]["loo"]["accuracy_mean"] >= 0.78
-    assert sum(map(sum, fused["confusion"])) == 10 * 22
+    assert shipped["scheme"] == "7-fold x10"
+    assert shipped["accuracy_mean"] > colour["accuracy_mean"] + 0.05  # beats the model-free colour baseline
+    assert shipped["accuracy_mean"] > majority + 0.15
+    assert shipped["balanced_accuracy_mean"] >= 0.78
+    assert approaches[SHIPPED]["loo"]["accuracy_mean"] >= 0.85
+    assert sum(map(sum, shipped["confusion"])) == 10 * 22
+    # The mean over the C grid is one candidate: nothing is chosen, so no inner loop can leak.
+    assert list(shipped["chosen_c"].values()) == [7 * 10]
+    assert approaches["fused"]["kfold"]["accuracy_mean"] < shipped["accuracy_mean"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 0.82 ± 0.04 nested CV accuracy; see models/bin_state_v1.md")
 def test_cross_validated_accuracy_reaches_the_target(measured: TrainingResult) -> None:
-    """The issue's target. It is not reached under nested CV; strict, so a real improvement shows."""
-    assert measured.artefact.metrics["approaches"][SHIPPED]["kfold"]["accuracy_mean"] >= TARGET
+    """The issue's target, on photos neither the weights nor any choice saw."""
+    assert measured.artefact.metrics["approaches"][SHIPPED]["kfold"]["accuracy_mean"] >= TARGET_ACCURACY
 
 
 @pytest.mark.slow
@@ -106,17 +110,25 @@ def test_extra_outputs_make_the_model_the_onnx_package_would(yolox_nano_path: Pa
     assert shapes["990"] == [1, 128, 26, 26] and shapes["1024"] == [1, 256, 13, 13]
 
 
-def test_fused_head_is_the_sum_of_the_block_models() -> None:
+def test_head_is_the_sum_of_the_blocks_mean_models() -> None:
+    """One linear head: the deep block's logit is the mean of its fits over the C grid, plus colour's."""
     rng = np.random.default_rng(0)
     labels = np.array([0] * 6 + [1] * 10)
     values = rng.normal(size=(16, 2, 12)) + labels[:, None, None] * np.linspace(0, 1, 12)
     features = FeatureSet(values, labels, {"deep": slice(0, 8), "colour": slice(8, 12)})
-    head = fit_head(features, choice={"deep": 0.1, "colour": 1.0})
-    deep = fit_block(values[:, :, :8], labels, 0.1).logits(values[:, :, :8])
+    head = fit_head(features, choice={"deep": C_GRID["deep"], "colour": (1.0,)})
+    deep = np.mean(
+        [fit_block(values[:, :, :8], labels, c).logits(values[:, :, :8]) for c in C_GRID["deep"]], 0
+    )
     colour = fit_block(values[:, :, 8:], labels, 1.0).logits(values[:, :, 8:])
+    assert not np.allclose(
+        deep, fit_block(values[:, :, :8], labels, C_GRID["deep"][0]).logits(values[:, :, :8])
+    )
     standardised = (values - np.array(head.mean)) / np.array(head.std)
     combined = (standardised @ np.array(head.weights) + head.bias).mean(axis=1)
     assert np.allclose(combined, deep + colour)
+    averaged = fit_averaged_block(values[:, :, :8], labels, C_GRID["deep"])
+    assert np.allclose(averaged.logits(values[:, :, :8]), deep)
 
 
 def test_missing_folder_and_too_few_photos_are_refused(tmp_path: Path, bins_dir: Path) -> None:
@@ -183,7 +195,7 @@ def test_help_has_examples() -> None:
 
 
 def test_committed_report_and_sheet_are_small_and_linked() -> None:
-    report = (REPO_ROOT / "models" / "bin_state_v1.md").read_text()
-    assert "![contact sheet](bin_state_v1.png)" in report
-    assert (REPO_ROOT / "models" / "bin_state_v1.png").stat().st_size < 300_000
+    report = (REPO_ROOT / "models" / "bin_state_v2.md").read_text()
+    assert "![contact sheet](bin_state_v2.png)" in report
+    assert (REPO_ROOT / "models" / "bin_state_v2.png").stat().st_size < 300_000
     assert load_bin_artefact(COMMITTED).metrics["shipped"] == SHIPPED
