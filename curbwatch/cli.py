@@ -34,6 +34,7 @@ app.add_typer(models_app, name="models")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO_ROOT / "docs" / "schemas"
+REFERENCE_DIR = REPO_ROOT / "docs" / "config"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -215,63 +216,73 @@ def zones_import_pklot(
 
 @schema_app.command("export")
 def schema_export(
-    check: Annotated[bool, typer.Option(help="Fail if the committed schemas are stale.")] = False,
-    out_dir: Annotated[Path, typer.Option(help="Where to write the schemas.")] = SCHEMA_DIR,
+    check: Annotated[bool, typer.Option(help="Fail if the committed files are stale.")] = False,
+    out_dir: Annotated[Path, typer.Option(help="Where to write the JSON Schemas.")] = SCHEMA_DIR,
+    reference_dir: Annotated[
+        Path, typer.Option(help="Where to write the Markdown configuration reference.")
+    ] = REFERENCE_DIR,
 ) -> None:
-    """Write the JSON Schemas (events, detection log, zone file, edge config) to docs/schemas.
+    """Write the JSON Schemas to docs/schemas and the configuration reference pages to docs/config.
 
     Examples:
         curbwatch schema export
         curbwatch schema export --check
     """
-    from curbwatch.schema.export import render_schemas
+    from curbwatch.schema.export import render_reference, render_schemas, stale_files, write_files
 
-    stale = []
-    for name, text in render_schemas().items():
-        path = out_dir / name
-        if check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(name)
-        else:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+    outputs = ((out_dir, render_schemas()), (reference_dir, render_reference()))
+    if not check:
+        for directory, rendered in outputs:
+            write_files(directory, rendered)
+        return
+    stale = [
+        str(directory / name) for directory, rendered in outputs for name in stale_files(directory, rendered)
+    ]
     if stale:
-        _fail(f"stale schemas in {out_dir}: {', '.join(stale)}; run `curbwatch schema export`")
+        _fail(f"stale files: {', '.join(stale)}; run `curbwatch schema export`")
 
 
 @app.command("demo")
 def demo(
-    seconds: Annotated[float, typer.Option(help="Scene time to render and watch.")] = 150.0,
-    workdir: Annotated[Path, typer.Option(help="Where the database, video, events and evidence go.")] = Path(
-        "build/demo"
-    ),
+    workdir: Annotated[
+        Path, typer.Option(help="Where the database, rendered streets, events and evidence go.")
+    ] = Path("build/demo"),
     port: Annotated[int, typer.Option(help="Port of the operator UI.")] = 8000,
     edge_only: Annotated[
         bool, typer.Option("--edge-only", help="Only the edge: print the events, start no server.")
     ] = False,
 ) -> None:
-    """Run the whole system on this machine: a camera on a street, the server and the operator UI.
+    """Run the whole system on this machine: two cameras on generated streets, the server and the UI.
 
-    An embedded MQTT broker, the ingest worker and the web server start; the real edge pipeline
-    watches a street video rendered from a real CCTV still and its events become cases in the
-    browser. The URL and the demo sign-ins are printed; Ctrl-C stops everything.
+    An embedded MQTT broker, the server (SQLite), its ingest worker and the web server start and
+    the URL and the demo sign-ins are printed. Two generated streets (`curbwatch synth` seeds 1
+    and 2) are rendered the first time (about a minute) and one edge box with two cameras watches
+    them with the demo detector, paced like live cameras; its events become cases in the browser.
+    Nothing is downloaded. Ctrl-C stops everything.
 
     Examples:
         curbwatch demo
-        curbwatch demo --port 8080 --seconds 300
-        curbwatch demo --edge-only --seconds 150
+        curbwatch demo --port 8080 --workdir /tmp/curbwatch-demo
+        curbwatch demo --edge-only
     """
+    from curbwatch.training.registry import RegistryError
+
     if edge_only:
+        from datetime import UTC, datetime
+
         from curbwatch.edge.demo import run_demo
 
-        run_demo(workdir, seconds)
+        try:
+            run_demo(workdir, start_time=datetime.now(UTC).isoformat())
+        except RegistryError as exc:
+            _fail(str(exc))
         return
     from curbwatch.demo import run_stack_demo
     from curbwatch.stack import StackError
 
     try:
-        run_stack_demo(workdir, seconds, http_port=port)
-    except StackError as exc:
+        run_stack_demo(workdir, http_port=port)
+    except (StackError, RegistryError) as exc:
         _fail(str(exc))
 
 

@@ -1,121 +1,169 @@
-"""``curbwatch demo``: a street video rendered from a real CCTV still, watched by the real edge.
+"""The demo edge box: one device with two cameras on generated streets (``curbwatch synth``).
 
-The still (a doorway camera looking across a street, with a car at the far kerb) becomes a
-5 fps 1280x720 video with camera noise, slow light drift and a passing cyclist-sized blob, so
-the motion gate, the real YOLOX detector, the tracker, the zones and the parking rule all run
-as on a live camera. The car is already parked when the "camera" starts, which is the case
-Frigate-style alerting misses.
+Seeds 1 and 2 of the scene generator are the demo's streets (other seeds train the detector, so
+the demo never shows it a scene it learned from). Each street is rendered once to a video with
+its ground truth and its zone file, cached under the work folder and reused while the generator's
+code and the demo's scene settings are unchanged. The real edge pipeline watches both videos with
+the demo detector, ``street-demo@1`` from the model registry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 from rich.console import Console
-from tqdm import tqdm
 
-from curbwatch.edge.app import REPO_ROOT, default_model_path, run_edge, shared_data_dir
+from curbwatch.edge import synth
+from curbwatch.edge.app import run_edge
 from curbwatch.edge.config import EdgeConfig, edge_config_from_dict
 
 logger = logging.getLogger(__name__)
 
+DEMO_MODEL = "street-demo@1"
+DEMO_DEVICE = "edge-demo"
+DEMO_SEEDS = (1, 2)
+DEMO_SECONDS = 120.0
 DEMO_FPS = 5.0
-DEMO_WH = (1280, 720)
-DEMO_START = "2026-11-27T09:00:00+08:00"
-DEMO_ZONES = REPO_ROOT / "zones" / "demo-kerb.yaml"
+DEMO_WH = (960, 540)
+STREET_PREFIX = "street-"
 
 
-def render_street_video(
-    still: Path, out: Path, seconds: float, seed: int = 7, passers_by: bool = True
-) -> Path:
-    """Write a noisy, gently lit-changing video of ``still``, with a blob crossing now and then."""
-    image = cv2.imread(str(still))
-    if image is None:
-        raise FileNotFoundError(f"cannot read the demo still {still}")
-    base = cv2.resize(image, DEMO_WH, interpolation=cv2.INTER_AREA).astype(np.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), DEMO_FPS, DEMO_WH)
-    if not writer.isOpened():
-        raise OSError(f"cannot write {out}")
-    rng = np.random.default_rng(seed)
-    frames = int(seconds * DEMO_FPS)
-    try:
-        for index in tqdm(range(frames), desc="rendering demo street", unit="frame"):
-            t = index / DEMO_FPS
-            light = 1.0 + 0.04 * np.sin(2 * np.pi * t / 90.0)
-            frame = base * light + rng.normal(0.0, 3.0, base.shape).astype(np.float32)
-            if passers_by:
-                _draw_passer_by(frame, t)
-            writer.write(np.clip(frame, 0, 255).astype(np.uint8))
-    finally:
-        writer.release()
-    return out
+@dataclass(frozen=True)
+class DemoStreet:
+    """One rendered demo street: its camera id and the files ``curbwatch synth`` wrote."""
+
+    camera_id: str
+    video: Path
+    truth: Path
+    zones: Path
 
 
-def _draw_passer_by(frame: np.ndarray, t: float) -> None:
-    # A dark blob rides along the near lane for 6 s of every 30 s: motion the gate must notice.
-    phase = t % 30.0
-    if phase > 6.0:
-        return
-    x = int(40 + phase / 6.0 * 1180)
-    cv2.rectangle(frame, (x, 540), (x + 60, 600), (40, 40, 60), thickness=-1)
+def demo_street(folder: Path, seed: int) -> DemoStreet:
+    """Where the street of ``seed`` is (or will be) rendered; the camera id is the file stem."""
+    prefix = folder / f"{STREET_PREFIX}{seed}"
+    return DemoStreet(
+        prefix.name, prefix.with_suffix(".mp4"), prefix.with_suffix(".json"), prefix.with_suffix(".yaml")
+    )
+
+
+def render_stamp(seed: int) -> str:
+    """What a render of ``seed`` depends on: the scene settings and the generator's code (a sha256)."""
+    digest = hashlib.sha256(repr((seed, DEMO_SECONDS, DEMO_FPS, DEMO_WH)).encode())
+    for source in sorted(Path(synth.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def render_demo_streets(folder: Path, *, progress: bool = True) -> list[DemoStreet]:
+    """Render the demo streets that are missing or stale (both at once), and return all of them.
+
+    Args:
+        folder: Where the videos, truths and zone files go (with a stamp per street).
+        progress: Show a progress bar per street being rendered.
+    """
+    from curbwatch.edge.synth.generate import synthesize
+
+    def render(seed: int) -> DemoStreet:
+        street = demo_street(folder, seed)
+        stamp = street.video.with_suffix(".stamp")
+        expected = render_stamp(seed)
+        if stamp.is_file() and stamp.read_text(encoding="utf-8") == expected and street.video.is_file():
+            return street
+        logger.info("rendering demo street %s (seed %d)", street.camera_id, seed)
+        stamp.unlink(missing_ok=True)
+        synthesize(
+            street.video.with_suffix(""),
+            seconds=DEMO_SECONDS,
+            seed=seed,
+            fps=DEMO_FPS,
+            frame_wh=DEMO_WH,
+            progress=progress,
+        )
+        stamp.write_text(expected, encoding="utf-8")
+        return street
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # OpenCV drawing and encoding release the GIL, so the streets render side by side. A thread
+    # cannot be cut short: after Ctrl-C the program ends when the streets in hand are finished (a
+    # street left unfinished by a crash has no stamp, so it renders again next time).
+    with ThreadPoolExecutor(len(DEMO_SEEDS), thread_name_prefix="render") as pool:
+        try:
+            return list(pool.map(render, DEMO_SEEDS))
+        except KeyboardInterrupt:
+            logger.warning("stopping after the streets being rendered are written (under a minute)")
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def demo_model_path(model: str | Path = DEMO_MODEL) -> Path:
+    """The ONNX file of the demo detector (a registry reference or a path).
+
+    Raises:
+        RegistryError: The reference is not registered, or its file is not on this machine.
+    """
+    from curbwatch.training.registry import Registry, RegistryError, resolve_model_path
+
+    path = resolve_model_path(model, Registry())
+    if not path.is_file():
+        raise RegistryError(f"the demo detector {model} should be at {path}, but that file is missing")
+    return path
 
 
 def demo_edge_config(
     workdir: Path,
-    video: Path,
+    streets: list[DemoStreet],
     *,
-    start_time: str = DEMO_START,
-    realtime: bool = False,
+    start_time: str,
+    realtime: bool,
+    model: str | Path = DEMO_MODEL,
     delivery: dict[str, Any] | None = None,
 ) -> EdgeConfig:
-    """The demo edge box: one camera on ``video`` with the demo kerb zones, the real detector.
+    """The demo edge box: one camera per street, with the street's own zone file.
 
     Args:
-        workdir: Where events, evidence, the detection log and the outbox go.
-        video: The rendered street.
-        start_time: Wall time of the video's first frame (frame timestamps count from it).
-        realtime: Pace the video at its frame rate, as a live camera would arrive.
+        workdir: Where events, evidence, the detection logs and the outbox go.
+        streets: The rendered streets.
+        start_time: Wall time of the videos' first frame, ISO 8601 (frame timestamps count from it).
+        realtime: Pace the videos at their frame rate, as live cameras would arrive.
+        model: The detector, a registry reference or an ONNX path.
         delivery: An ``edge.yaml`` ``delivery`` section to send events to a server.
     """
     document: dict[str, Any] = {
         "version": 1,
-        "device_id": "edge-demo",
-        "detector": {"model_path": str(default_model_path())},
+        "device_id": DEMO_DEVICE,
+        "detector": {"model_path": str(demo_model_path(model))},
         "evidence": {"root": str(workdir / "evidence")},
         "output": {"events": str(workdir / "events.jsonl"), "detlog_dir": str(workdir / "detlog")},
         "cameras": [
             {
-                "id": "demo-kerb",
-                "source": {"url": str(video), "start_time": start_time, "realtime": realtime},
-                "zones": str(DEMO_ZONES),
+                "id": street.camera_id,
+                "source": {"url": str(street.video), "start_time": start_time, "realtime": realtime},
+                "zones": str(street.zones),
             }
+            for street in streets
         ],
     }
     if delivery is not None:
         document["delivery"] = delivery
-    return edge_config_from_dict(document, base_dir=Path.cwd())
+    return edge_config_from_dict(document, base_dir=workdir)
 
 
-def demo_still() -> Path:
-    """The real CCTV still the demo street is rendered from."""
-    return shared_data_dir() / "frigate-cctv" / "ground-plane.jpg"
-
-
-def run_demo(workdir: Path, seconds: float) -> int:
-    """Render the video, run the edge on it and print the events; returns the number of events."""
+def run_demo(workdir: Path, *, start_time: str, model: str | Path = DEMO_MODEL) -> int:
+    """The edge alone on the demo streets, as fast as it goes; prints the events, returns how many."""
     console = Console(stderr=True)
-    video = render_street_video(demo_still(), workdir / "street.mp4", seconds)
+    model_path = demo_model_path(model)  # a missing model fails before the streets are rendered
+    streets = render_demo_streets(workdir / "streets")
     events_path = workdir / "events.jsonl"
     events_path.unlink(missing_ok=True)
-    config = demo_edge_config(workdir, video)
-    console.print(f"[bold]curbwatch demo[/]: watching {video} ({seconds:.0f} s of scene time)")
+    config = demo_edge_config(workdir, streets, start_time=start_time, realtime=False, model=model_path)
+    console.print(f"[bold]curbwatch demo[/]: {len(streets)} cameras, {DEMO_SECONDS:.0f} s of street each")
     reports = run_edge(config)
     lines = events_path.read_text(encoding="utf-8").splitlines() if events_path.exists() else []
     for line in lines:
@@ -123,10 +171,9 @@ def run_demo(workdir: Path, seconds: float) -> int:
     for line in lines:
         event = json.loads(line)
         when = datetime.fromisoformat(event["ts"]).astimezone().strftime("%H:%M:%S")
-        annotated = next((e["path"] for e in event["evidence"] if e["role"] == "annotated"), "-")
         console.print(
-            f"{when} [bold]{event['type']:6}[/] {event['event_code']} {event['violation']} in "
-            f"{event['zone']} dwell {event['dwell_s']:.0f}s  evidence: {annotated}"
+            f"{when} {event['camera_id']} [bold]{event['type']:6}[/] {event['event_code']} "
+            f"{event['violation']} in {event['zone']} dwell {event['dwell_s']:.0f}s"
         )
     for report in reports.values():
         stats = report.stats
@@ -135,7 +182,5 @@ def run_demo(workdir: Path, seconds: float) -> int:
             f"camera {report.camera_id}: {report.outcome}{failure}, {stats.frames} frames, "
             f"{stats.inferred_share:.0%} reached the detector, {stats.events} events"
         )
-    console.print(
-        f"events: {events_path}\nevidence: {workdir / 'evidence'}\ndetection log: {workdir / 'detlog'}"
-    )
+    console.print(f"events: {events_path}\nevidence: {workdir / 'evidence'}")
     return len(lines)

@@ -1,4 +1,4 @@
-"""The local stack behind ``curbwatch demo``: a real edge's events become cases in the web app."""
+"""The stack behind ``curbwatch demo``: broker, ingest and web UI in one process (the demo: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
 
 from curbwatch.broker import free_port
-from curbwatch.demo import DEMO_DEVICE, run_stack_demo
-from curbwatch.server.audit import verify_chain
-from curbwatch.server.tables import AuditLog, Case
 from curbwatch.stack import DEMO_LOGINS, LocalStack, StackError
 
 pytestmark = [
@@ -39,25 +35,3 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         pytest.raises(StackError, match="could not start"),
     ):
         LocalStack(tmp_path / "b", http_port=first.http_port).start()
-
-
-def test_the_demo_street_gives_one_case_for_the_parked_car(tmp_path: Path, data_dir: Path) -> None:
-    result = run_stack_demo(tmp_path, 80, http_port=free_port(), realtime=False, keep_serving=False)
-    assert result.events >= 1
-    assert result.cases == 1
-    engine = create_engine(f"sqlite:///{tmp_path / 'curbwatch.db'}")
-    with engine.connect() as connection:
-        case = connection.execute(select(Case)).one()
-        assert (case.device_id, case.camera_id, case.zone, case.status) == (
-            DEMO_DEVICE,
-            "demo-kerb",
-            "far-kerb",
-            "awaiting_verification",
-        )
-        actions = connection.scalars(select(AuditLog.action).where(AuditLog.case_id == case.id)).all()
-        assert actions == ["open_case"]
-    from sqlalchemy.orm import Session
-
-    with Session(engine) as session:
-        assert verify_chain(session) == []
-    engine.dispose()

@@ -27,7 +27,6 @@ import psutil
 from tqdm import tqdm
 
 from curbwatch.edge.app import REPO_ROOT, default_model_path, shared_data_dir
-from curbwatch.edge.demo import render_street_video
 from curbwatch.edge.detect.motion import GateConfig
 from curbwatch.edge.detect.onnx import DetectorConfig, OnnxDetector
 from curbwatch.edge.events import EventBuilder
@@ -36,6 +35,7 @@ from curbwatch.edge.pipeline import CameraPipeline, PipelineParts
 from curbwatch.edge.sources import SourceConfig, open_source
 from curbwatch.schema.zones import ZoneFile
 from tools.delivery_report import START_MARK
+from tools.still_video import render_street_video
 
 BUILD = REPO_ROOT / "build" / "bench"
 FPS = 5.0
@@ -344,7 +344,7 @@ def write_report(
             )
     lines += [
         "",
-        "`street`: the demo street (a real still with camera noise, slow light drift and a vehicle-sized blob crossing for 6 s of every 30 s); "
+        "`street`: a quiet real street (`tools/still_video.py`: a real CCTV still with camera noise, slow light drift and a vehicle-sized blob crossing for 6 s of every 30 s); "
         "`traffic`: the real motorway video, constant motion, so nearly every frame is inferred (worst case).",
         "",
         "## Share of frames reaching the detector on a static scene",
