@@ -9,7 +9,7 @@ export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 export YOLO_CONFIG_DIR := $(CURDIR)/$(BUILD)/ultralytics
 
-.PHONY: setup test test-fast bench bench-delivery bench-training lint demo schemas clean
+.PHONY: setup test test-fast bench bench-delivery bench-training lint demo schemas screenshots clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ schemas: setup
 
 demo: setup
 	$(BIN)/curbwatch demo
+
+# The README's pictures, from the demo scenario in Debian's headless Chromium (/usr/bin/chromium).
+screenshots: setup
+	$(BIN)/python -m tools.screenshots
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .ruff_cache

@@ -299,6 +299,12 @@ def synth(
     start_time: Annotated[
         str, typer.Option(help="Wall time of the first frame, ISO 8601 with its UTC offset.")
     ] = "2026-11-25T09:00:00+08:00",
+    lat: Annotated[
+        float | None, typer.Option(help="Camera latitude for the zone file (with --lon).", min=-90, max=90)
+    ] = None,
+    lon: Annotated[
+        float | None, typer.Option(help="Camera longitude for the zone file (with --lat).", min=-180, max=180)
+    ] = None,
 ) -> None:
     """Render a street-scene video with exact ground truth and a matching zone file.
 
@@ -310,13 +316,23 @@ def synth(
     Examples:
         curbwatch synth --seconds 120 --seed 3 --out build/synth/street1
         curbwatch synth --seconds 20 --width 640 --height 360 --out build/synth/small
+        curbwatch synth --seed 5 --lat 31.2304 --lon 121.4737 --out build/synth/placed
         curbwatch edge run --source build/synth/street1.mp4 --zones build/synth/street1.yaml --events -
     """
     from curbwatch.edge.synth.generate import synthesize
 
+    if (lat is None) != (lon is None):
+        _fail("give both --lat and --lon, or neither")
+    location = (lat, lon) if lat is not None and lon is not None else None
     try:
         outputs = synthesize(
-            out, seconds=seconds, seed=seed, fps=fps, frame_wh=(width, height), start_time=start_time
+            out,
+            seconds=seconds,
+            seed=seed,
+            fps=fps,
+            frame_wh=(width, height),
+            start_time=start_time,
+            location=location,
         )
     except (ValueError, OSError) as exc:
         _fail(str(exc))

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 DEMO_MODEL = "street-demo@1"
 DEMO_DEVICE = "edge-demo"
 DEMO_SEEDS = (1, 2)
+# Where the demo's cameras stand (two streets in central Shanghai, the demo city's calendar and
+# grid): their cases get a grid cell and Open311 reports a position.
+DEMO_LOCATIONS = {1: (31.2304, 121.4737), 2: (31.2243, 121.4690)}
 DEMO_SECONDS = 120.0
 DEMO_FPS = 5.0
 DEMO_WH = (960, 540)
@@ -55,7 +58,7 @@ def demo_street(folder: Path, seed: int) -> DemoStreet:
 
 def render_stamp(seed: int) -> str:
     """What a render of ``seed`` depends on: the scene settings and the generator's code (a sha256)."""
-    digest = hashlib.sha256(repr((seed, DEMO_SECONDS, DEMO_FPS, DEMO_WH)).encode())
+    digest = hashlib.sha256(repr((seed, DEMO_SECONDS, DEMO_FPS, DEMO_WH, DEMO_LOCATIONS[seed])).encode())
     for source in sorted(Path(synth.__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
     return digest.hexdigest()
@@ -84,6 +87,7 @@ def render_demo_streets(folder: Path, *, progress: bool = True) -> list[DemoStre
             seed=seed,
             fps=DEMO_FPS,
             frame_wh=DEMO_WH,
+            location=DEMO_LOCATIONS[seed],
             progress=progress,
         )
         stamp.write_text(expected, encoding="utf-8")

@@ -47,6 +47,7 @@ def synthesize(
     fps: float = 5.0,
     frame_wh: tuple[int, int] = (1280, 720),
     start_time: str = DEFAULT_START,
+    location: tuple[float, float] | None = None,
     progress: bool = True,
 ) -> SynthOutputs:
     """Render one seeded scene to ``out``.mp4 with ``out``.json (truth), ``out``.yaml and ``out``.png.
@@ -58,6 +59,7 @@ def synthesize(
         fps: Frame rate of the video.
         frame_wh: Frame width and height.
         start_time: ISO wall time of the first frame (with its UTC offset); timestamps count from it.
+        location: The camera's (latitude, longitude) for the zone file; none by default.
         progress: Show a progress bar.
     """
     if min(frame_wh) < 16:
@@ -68,7 +70,7 @@ def synthesize(
     scenario = plan_scenario(seconds, seed, fps)
     camera = Camera(frame_wh)
     camera_id = camera_id_for(out)
-    document = zone_document(camera, camera_id, scenario.dwells, DEFAULT_TIMEZONE)
+    document = zone_document(camera, camera_id, scenario.dwells, DEFAULT_TIMEZONE, location)
     zones = ZoneFile.model_validate(document)
     truth = ground_truth(scenario, camera, camera_id, start)
     paths = SynthOutputs(

@@ -125,18 +125,28 @@ def zone_polygons(camera: Camera) -> dict[str, list[list[float]]]:
     }
 
 
-def zone_document(camera: Camera, camera_id: str, dwells: Dwells, timezone: str) -> dict:
+def zone_document(
+    camera: Camera,
+    camera_id: str,
+    dwells: Dwells,
+    timezone: str,
+    location: tuple[float, float] | None = None,
+) -> dict:
     """The zone file of the rendered street as plain data (for YAML).
 
-    The zones keep the schema's default class lists: the scenes' labels are the COCO names those
-    defaults use, and a file that names no classes loads against any detector's vocabulary.
+    ``location`` (latitude, longitude) places the camera on the map: the server files its cases in
+    that grid cell and Open311 reports carry it. The zones keep the schema's default class lists:
+    the scenes' labels are the COCO names those defaults use, and a file that names no classes
+    loads against any detector's vocabulary.
     """
     polygons = zone_polygons(camera)
+    placed = {"location": {"lat": location[0], "lon": location[1]}} if location else {}
     return {
         "version": ZONE_FILE_VERSION,
         "camera": camera_id,
         "frame_wh": list(camera.frame_wh),
         "timezone": timezone,
+        **placed,
         "zones": [
             {
                 "name": "kerb",

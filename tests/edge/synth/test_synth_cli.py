@@ -35,3 +35,16 @@ def test_synth_help_has_examples() -> None:
     result = CliRunner().invoke(app, ["synth", "--help"])
     assert result.exit_code == 0
     assert "curbwatch synth --seconds 120 --seed 3 --out build/synth/street1" in result.output
+
+
+def test_synth_places_the_camera_on_the_map(tmp_path: Path) -> None:
+    from curbwatch.schema.zones import load_zone_file
+
+    out = tmp_path / "placed"
+    args = ["synth", "--seconds", "2", "--width", "160", "--height", "90", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--lat", "31.2304", "--lon", "121.4737"])
+    assert result.exit_code == 0, result.output
+    location = load_zone_file(out.with_suffix(".yaml")).location
+    assert location is not None and (location.lat, location.lon) == (31.2304, 121.4737)
+    half = CliRunner().invoke(app, [*args, "--lat", "31.2"])
+    assert half.exit_code == 1 and "--lat and --lon" in half.output
