@@ -3,18 +3,11 @@
 import re
 
 from curbwatch.schema.protocol import ROOT, Channel
+from curbwatch.server.ingest import INGESTED_CHANNELS
 from tests.conftest import REPO_ROOT
 
-# Who publishes on each channel: the edge (ACL `write`) or the server (ACL `read` for the device).
-EDGE_PUBLISHES = {
-    Channel.EVENT,
-    Channel.EVIDENCE,
-    Channel.STATUS,
-    Channel.HEARTBEAT,
-    Channel.CONFIG_REPORTED,
-    Channel.COMMAND_RESULT,
-    Channel.SAMPLE,
-}
+# The edge publishes (ACL `write`) exactly what the ingest worker subscribes to; the rest it reads.
+EDGE_PUBLISHES = set(INGESTED_CHANNELS)
 # Channels whose topics carry more levels after the channel name.
 SUFFIXED = {Channel.EVIDENCE: "+", Channel.MODEL: "#"}
 

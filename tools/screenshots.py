@@ -23,18 +23,10 @@ from curbwatch.server.db import make_engine, make_session_factory
 from curbwatch.server.evidence import EvidenceStore
 from curbwatch.server.tables import Case, CaseEvent, Event
 from curbwatch.stack import DEMO_LOGINS, LocalStack
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES = REPO_ROOT / "docs" / "images"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CAMERA, ZONE = "street-1", "kerb"
 JPEG_QUALITY = 85
 
@@ -65,7 +57,7 @@ def photograph(url: str, case_id: str, out: Path) -> None:
 
     login = next(login for login in DEMO_LOGINS if login.role == "operator")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(f"{url}/queue")

@@ -15,6 +15,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from curbwatch.training.cli_options import (
+    ClassesFromModelOption,
+    ClassesOption,
+    ClassOptionError,
+    DatabaseUrlOption,
+    EvidenceDirOption,
+    class_list,
+    server_settings,
+)
 from curbwatch.training.registry_cli import DEFAULT_REGISTRY, RegistryOption
 from curbwatch.training.samples_cli import samples_app
 
@@ -49,23 +58,10 @@ def _model_path(ref: str, registry: Path, want: str) -> Path:
 @train_app.command("dataset")
 def dataset_command(
     out: Annotated[Path, typer.Option(help="Dataset folder to create, e.g. build/datasets/street-2026-11.")],
-    database_url: Annotated[
-        str | None, typer.Option(help="Server database; default CURBWATCH_DATABASE_URL.", show_default=False)
-    ] = None,
-    evidence_dir: Annotated[
-        Path | None,
-        typer.Option(help="Server evidence store; default CURBWATCH_EVIDENCE_DIR.", show_default=False),
-    ] = None,
-    classes: Annotated[
-        str | None,
-        typer.Option(help="Class names in model output order, comma-separated.", show_default=False),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Take the class list from a model card, an ONNX model or a registry NAME[@VERSION]."
-        ),
-    ] = None,
+    database_url: DatabaseUrlOption = None,
+    evidence_dir: EvidenceDirOption = None,
+    classes: ClassesOption = None,
+    model: ClassesFromModelOption = None,
     registry: RegistryOption = DEFAULT_REGISTRY,
     val_fraction: Annotated[float, typer.Option(min=0.01, max=0.9, help="Target validation share.")] = 0.2,
     block_s: Annotated[
@@ -110,22 +106,16 @@ def dataset_command(
         curbwatch train dataset --out build/datasets/street --model curb-detector \\
             --labelled-samples build/labelling/2026-11 --zones zones/market-st.yaml
     """
-    from curbwatch.server.settings import get_settings
     from curbwatch.training.dataset import export_dataset
     from curbwatch.training.dataset_card import DatasetError, card_summary
-    from curbwatch.training.registry import Registry, RegistryError, class_names_of
+    from curbwatch.training.registry import RegistryError
     from curbwatch.training.split import HASHES, SplitConfig
 
-    if classes and model:
-        _fail("give --classes or --model, not both")
     if hash_name not in HASHES:
         _fail(f"--hash must be one of {', '.join(HASHES)}")
-    overrides = {"database_url": database_url, "evidence_dir": evidence_dir}
-    settings = get_settings(**{key: value for key, value in overrides.items() if value is not None})
-    class_names = [name.strip() for name in classes.split(",") if name.strip()] if classes else None
+    settings = server_settings(database_url, evidence_dir)
     try:
-        if model:
-            class_names = list(class_names_of(model, Registry(registry)))
+        class_names = class_list(classes, model, registry)
         result = export_dataset(
             settings.database_url,
             settings.evidence_dir,
@@ -139,7 +129,7 @@ def dataset_command(
             labelled_samples=labelled_samples,
             zone_files=zones or [],
         )
-    except (DatasetError, RegistryError) as exc:
+    except (DatasetError, RegistryError, ClassOptionError) as exc:
         _fail(str(exc))
     typer.echo(f"{result.data_yaml}\n{card_summary(result.card)}")
 

@@ -9,6 +9,15 @@ from typing import Annotated
 
 import typer
 
+from curbwatch.training.cli_options import (
+    ClassesFromModelOption,
+    ClassesOption,
+    ClassOptionError,
+    DatabaseUrlOption,
+    EvidenceDirOption,
+    class_list,
+    server_settings,
+)
 from curbwatch.training.registry_cli import DEFAULT_REGISTRY, RegistryOption
 
 samples_app = typer.Typer(no_args_is_help=True, help="Frames the edges sampled for labelling.")
@@ -17,23 +26,10 @@ samples_app = typer.Typer(no_args_is_help=True, help="Frames the edges sampled f
 @samples_app.command("export")
 def export_command(
     out: Annotated[Path, typer.Argument(help="Folder to write, e.g. build/labelling/2026-11.")],
-    database_url: Annotated[
-        str | None, typer.Option(help="Server database; default CURBWATCH_DATABASE_URL.", show_default=False)
-    ] = None,
-    evidence_dir: Annotated[
-        Path | None,
-        typer.Option(help="Server evidence store; default CURBWATCH_EVIDENCE_DIR.", show_default=False),
-    ] = None,
-    classes: Annotated[
-        str | None,
-        typer.Option(help="Class names in model output order, comma-separated.", show_default=False),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Take the class list from a model card, an ONNX model or a registry NAME[@VERSION]."
-        ),
-    ] = None,
+    database_url: DatabaseUrlOption = None,
+    evidence_dir: EvidenceDirOption = None,
+    classes: ClassesOption = None,
+    model: ClassesFromModelOption = None,
     registry: RegistryOption = DEFAULT_REGISTRY,
     since: Annotated[
         datetime | None, typer.Option(help="Only samples of frames from this time on (UTC when no zone).")
@@ -53,19 +49,12 @@ def export_command(
         curbwatch train samples export build/labelling/2026-11 --model curb-detector
         curbwatch train samples export build/labelling/week48 --classes car,person --since 2026-11-23
     """
-    from curbwatch.server.settings import get_settings
-    from curbwatch.training.registry import Registry, RegistryError, class_names_of
+    from curbwatch.training.registry import RegistryError
     from curbwatch.training.samples import SamplesError, export_samples
 
-    if classes and model:
-        typer.echo("give --classes or --model, not both", err=True)
-        raise typer.Exit(1)
-    overrides = {"database_url": database_url, "evidence_dir": evidence_dir}
-    settings = get_settings(**{key: value for key, value in overrides.items() if value is not None})
-    class_names = [name.strip() for name in classes.split(",") if name.strip()] if classes else None
+    settings = server_settings(database_url, evidence_dir)
     try:
-        if model:
-            class_names = list(class_names_of(model, Registry(registry)))
+        class_names = class_list(classes, model, registry)
         manifest = export_samples(
             settings.database_url,
             settings.evidence_dir,
@@ -75,7 +64,7 @@ def export_command(
             since=since.replace(tzinfo=since.tzinfo or UTC) if since else None,
             overwrite=overwrite,
         )
-    except (SamplesError, RegistryError) as exc:
+    except (SamplesError, RegistryError, ClassOptionError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{out}: {len(manifest.samples)} samples, {len(manifest.skipped)} skipped")
