@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,13 +345,20 @@ class ReferenceChangeEstimator:
         if elapsed >= cfg.learning_s and len(self._learn) >= cfg.learning_frames:
             stack = np.stack([frame for frame, _ in self._learn])
             seen = np.stack([vis for _, vis in self._learn])
-            stack[~seen] = np.nan
-            with warnings.catch_warnings():
-                # Pixels hidden in every learning frame are all-NaN; they are marked invalid below.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                median = np.nanmedian(stack, axis=0)
             valid = seen.any(axis=0)
-            self._set_reference(np.nan_to_num(median).astype(np.float32), valid)
+            if not valid.any() or valid.sum() < cfg.min_visible_fraction * self._site_px:
+                # The site was hidden (a van in front) in every learning frame: such a reference
+                # leaves too little to compare, so every later frame would be UNKNOWN. Learn again.
+                logger.info("bin site hidden while learning its reference; learning again")
+                self._learn_start_ts, self._learn = None, []
+                return
+            # A pixel hidden in every learning frame has no clean look to take the median of. It
+            # stays invalid (and zero) and takes the site's look the first time it shows clean
+            # (see _adapt); the median is taken over the pixels seen at least once.
+            stack[~seen] = np.nan
+            median = np.zeros(stack.shape[1:], np.float32)
+            median[valid] = np.nanmedian(stack[:, valid], axis=0)
+            self._set_reference(median, valid)
             self._learn = []
             logger.info("bin site reference learned from %d frames over %.0f s", len(seen), elapsed)
 

@@ -140,7 +140,9 @@ class Tracker:
     Args:
         config: Tracker settings. ``min_hits``/``birth_score`` trade latency for fewer ghost
             tracks; ``stationary_max_age_s``/``memory_s`` trade dwell continuity for the risk of
-            handing a departed car's clock to a new car parked at the very same spot.
+            handing a departed car's clock to a new car parked at the very same spot. An unmatched
+            track is carried, not seen: the rules end a violation episode once its object has gone
+            undetected for ``rules.end_grace_s``, however long the tracker keeps the track.
 
     Example:
         >>> tracker = Tracker(TrackerConfig())

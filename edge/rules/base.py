@@ -62,6 +62,8 @@ class ZoneRule(Protocol):
 class FrameClock:
     """Checks that a rule sees frames in time order and that tracks and hits belong to one frame.
 
+    It also remembers the latest frame the detector ran on, which is what ``is_seen`` judges by.
+
     Args:
         zone: Zone name, for error messages.
     """
@@ -69,10 +71,25 @@ class FrameClock:
     def __init__(self, zone: str) -> None:
         self._zone = zone
         self._last_ts: float | None = None
+        self._last_inferred_ts: float | None = None
 
     @property
     def last_ts(self) -> float | None:
         return self._last_ts
+
+    def is_seen(self, track: Track) -> bool:
+        """Whether ``track`` was detected on the latest frame the detector ran on.
+
+        The tracker carries an unmatched track for up to ``stationary_max_age_s`` (and revives it
+        from its memory) so a parked car keeps its id and dwell through an occlusion; a carried
+        track is no evidence that the object is still there, so rules count only seen tracks as
+        present and the end grace runs while it is carried. Frames the detector skipped (motion
+        gating) say nothing about absence: a track seen on the last inferred frame stays seen.
+        """
+        return (
+            self._last_inferred_ts is not None
+            and track.last_seen_ts >= self._last_inferred_ts - TS_TOLERANCE_S
+        )
 
     def advance(self, tracks: Tracks, hits: ZoneHits) -> float:
         """The frame time of ``tracks``/``hits``; raises ``RuleError`` when it is inconsistent."""
@@ -83,6 +100,12 @@ class FrameClock:
                 f"zone {self._zone!r}: frame time went backwards from {self._last_ts} to {hits.ts}"
             )
         self._last_ts = hits.ts if self._last_ts is None else max(self._last_ts, hits.ts)
+        if tracks.inferred:
+            self._last_inferred_ts = hits.ts
+        elif self._last_inferred_ts is None and tracks.items:
+            # A rule made mid-stream (zones replaced) whose first frame the detector skipped: the
+            # latest detection among the live tracks stands for the inferred frame it did not see.
+            self._last_inferred_ts = max(track.last_seen_ts for track in tracks.items)
         return hits.ts
 
     def closing_ts(self, ts: float) -> float:
@@ -104,7 +127,7 @@ class _OpenEpisode:
     violation: Violation
     start_ts: float
     last_true_ts: float  # last time the condition was actually observed: stamped on a LEFT end
-    last_present_ts: float  # last frame the rule reported the key: the end grace counts from here
+    last_present_ts: float  # last frame the rule reported the key (seen): the end grace counts from here
     last_emit_ts: float
     objects: tuple[Track, ...]
     state_score: float | None
@@ -116,9 +139,12 @@ class EpisodeBook:
     The rule calls ``expire`` and then ``observe`` for every key whose condition holds in the
     frame. An unknown key starts an episode once the condition has held for ``min_dwell_s``
     (counted from the ``since_ts`` the rule gives); a known key keeps its episode alive and emits
-    updates. A key seen absent for ``end_grace_s`` ends with ``LEFT``, stamped with the time the
-    condition last held so the reported dwell is what really happened. Absence is only judged on
-    frames that arrive: a stream that delivers nothing for a while does not end episodes.
+    updates. A key not reported for ``end_grace_s`` of frame time ends with ``LEFT``, stamped with
+    the time the condition last held so the reported dwell is what really happened. Rules report a
+    key only on frames where its object is seen (``FrameClock.is_seen``), never for a track the
+    tracker merely carries, so the grace starts when the object disappears, not when the tracker
+    gives up on it. Absence is only judged on frames that arrive: a stream that delivers nothing
+    for a while does not end episodes.
 
     Args:
         zone: Zone name stamped on the events.

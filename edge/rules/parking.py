@@ -29,7 +29,11 @@ class ParkingRule:
     begin, and stop-and-go traffic never adds up short stops into one long one. The episode is
     keyed on the track id, which the tracker keeps across occlusions and id switches of parked
     objects; once started it keeps its violation and start time, and survives gaps shorter than
-    ``end_grace_s`` (anchor jitter across the zone edge, a moment of "moving" from headlights).
+    ``end_grace_s`` (anchor jitter across the zone edge, a moment of "moving" from headlights,
+    missed detections, a passing bus). Only tracks detected on the latest inferred frame count:
+    the gap runs from the vehicle's last detection, however long the tracker keeps its track, so
+    a car that drives off ends its episode ``end_grace_s`` later; one that comes back after a
+    longer gap starts a new dwell from when it is seen again.
 
     Args:
         zone: The no-parking zone; gives the name, dwell and which classes are which violation.
@@ -66,7 +70,10 @@ class ParkingRule:
         ts = self._clock.advance(tracks, hits)
         if self.zone not in hits.active:
             return self._out_of_force(ts)
-        inside_ids = set(hits.inside(self.zone))
+        # A track the tracker only carries (lost, kept for re-identification) is not evidence of a
+        # parked car: counting it would hold the episode open until the tracker drops the track.
+        seen_ids = {track.track_id for track in tracks.items if self._clock.is_seen(track)}
+        inside_ids = seen_ids.intersection(hits.inside(self.zone))
         self._note_inside(ts, inside_ids)
         parked: dict[int, tuple[Violation, float, Track]] = {}
         for track in tracks.items:
@@ -103,7 +110,7 @@ class ParkingRule:
         return events
 
     def _note_inside(self, ts: float, inside_ids: set[int]) -> None:
-        """Keep when each track entered the zone, bridging exits shorter than the end grace.
+        """Keep when each track entered the zone, bridging exits and absences shorter than the end grace.
 
         Entry times are only kept while the zone is in force, so for a vehicle already standing
         there when the schedule begins, it "entered" when the schedule began.

@@ -124,7 +124,8 @@ class VendingRule:
     A stall is vending when a person (``person_classes``) has stood within ``vendor_radius`` stall
     diagonals of it for ``vending_min_people_share`` of the last ``vending_people_window_s`` —
     vendors walk about, so they need not be seen every frame. A stall with any object in an
-    active permitted-vending zone is exempt. The episode starts when vending has held for
+    active permitted-vending zone is exempt. Only stall objects detected on the latest inferred
+    frame count, not ones the tracker merely carries. The episode starts when vending has held for
     ``min_dwell_s`` and ends after ``end_grace_s`` without it, or when the schedule ends.
 
     Args:
@@ -211,7 +212,11 @@ class VendingRule:
         objects = [
             track
             for track in tracks.items
-            if track.label in classes and track.is_stationary and track.track_id in inside
+            if track.label in classes
+            and track.is_stationary
+            and track.track_id in inside
+            # A packed-up stall's objects are carried by the tracker for a while; they are gone.
+            and self._clock.is_seen(track)
         ]
         groups = cluster_boxes([track.xyxy for track in objects], self._config.stall_link_diagonals)
         return [tuple(objects[i] for i in group) for group in groups]

@@ -10,6 +10,7 @@ import the scene helpers from here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +294,43 @@ def test_masked_pixels_keep_their_history_and_occlusion_gives_no_verdict(scene: 
     partly = mask.copy()
     partly[:, : mask.shape[1] // 4] = False
     assert est.observe(black_in_masked_area, partly, 50.0).score == 0.0
+
+
+def test_pixels_hidden_while_learning_are_learned_once_they_show(scene: BinScene) -> None:
+    """A pixel hidden in every learning frame has no clean look (an all-NaN median): it is left
+    out of the reference, without a warning, and learned from the first clean frame that shows it,
+    so rubbish later left there is noticed."""
+    est = ReferenceChangeEstimator(FAST_CONFIG)
+    mask = site_mask()
+    crop = site_crop(scene.render(Lighting()))
+    hidden = mask.copy()
+    hidden[:, : mask.shape[1] // 4] = False
+    dark = crop.copy()
+    dark[:, : mask.shape[1] // 4] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for ts in np.arange(0.0, 40.0, 5.0):
+            est.observe(crop, hidden, float(ts))
+        assert not est.learning
+        assert est.observe(crop, mask, 40.0).score == 0.0
+        scores = [est.observe(dark, mask, float(ts)).score for ts in np.arange(45.0, 120.0, 5.0)]
+    assert scores[-1] >= 0.15
+
+
+def test_site_hidden_in_every_learning_frame_is_learned_again(scene: BinScene) -> None:
+    """With nothing of the site seen while learning, a reference would judge nothing ever after."""
+    est = ReferenceChangeEstimator(FAST_CONFIG)
+    mask = site_mask()
+    crop = site_crop(scene.render(Lighting()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for ts in np.arange(0.0, 40.0, 5.0):
+            assert est.observe(crop, np.zeros_like(mask), float(ts)) == BinObservation(None, None)
+        assert est.learning
+        for ts in np.arange(40.0, 80.0, 5.0):
+            est.observe(crop, mask, float(ts))
+        assert not est.learning
+        assert est.observe(crop, mask, 80.0).score == 0.0
 
 
 def test_given_reference_skips_learning(scene: BinScene) -> None:

@@ -46,8 +46,9 @@ class Scene:
     active: Iterable[str] = ()
 
 
-def frame_at(ts: float, scene: Scene) -> tuple[Tracks, ZoneHits]:
-    tracks = Tracks(ts=ts, frame_wh=FRAME_WH, items=tuple(scene.tracks), inferred=True)
+def frame_at(ts: float, scene: Scene, inferred: bool = True) -> tuple[Tracks, ZoneHits]:
+    """The rule input of one frame; ``inferred=False`` is a frame the detector skipped."""
+    tracks = Tracks(ts=ts, frame_wh=FRAME_WH, items=tuple(scene.tracks), inferred=inferred)
     hits = ZoneHits(
         ts=ts,
         active=frozenset(scene.active),

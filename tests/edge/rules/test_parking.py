@@ -47,12 +47,17 @@ def vehicle(
     stop: float | None = 20.0,
     move_again: float | None = None,
     leave: float | None = None,
+    unseen: tuple[tuple[float, float], ...] = (),
     absent: tuple[tuple[float, float], ...] = (),
     outside: tuple[tuple[float, float], ...] = (),
     in_zone: bool = True,
     active: Callable[[float], bool] = always,
 ) -> Callable[[float], Scene]:
-    """One vehicle: arrives moving, may stop, move again, leave, vanish or stand outside a while."""
+    """One vehicle: arrives moving, may stop, move again, leave, vanish or stand outside a while.
+
+    ``unseen``: spans in which the vehicle is not detected but the tracker carries its track,
+    unmatched, at its place (as it does for stationary_max_age_s, hoping to re-identify it).
+    """
 
     def scene(ts: float) -> Scene:
         zones = [ZONE] if active(ts) else []
@@ -60,7 +65,11 @@ def vehicle(
         if gone:
             return Scene(active=zones)
         still = stop is not None and ts >= stop and (move_again is None or ts < move_again)
-        track = make_track(track_id, label, ts=ts, stationary_since=stop if still else None)
+        # Last detected just before the span: no frame within it has a match.
+        last_seen = next((a - 1e-3 for a, b in unseen if a <= ts < b), ts)
+        track = make_track(
+            track_id, label, ts=ts, stationary_since=stop if still else None, last_seen=last_seen
+        )
         inside = in_zone and not any(a <= ts < b for a, b in outside)
         return Scene([track], {ZONE: [track_id] if inside else []}, zones)
 
@@ -123,6 +132,10 @@ CASES = [
      [Expect(Violation.ILLEGAL_PARKING, 20.0, 200.0, EndReason.LEFT, 400.0)]),
     ("drives away", vehicle(leave=400.0), 600.0, 600.0,
      [Expect(Violation.ILLEGAL_PARKING, 20.0, 200.0, EndReason.LEFT, 400.0)]),
+    ("drives away unseen, its track carried on", vehicle(unseen=((400.0, 1e9),)), 600.0, 600.0,
+     [Expect(Violation.ILLEGAL_PARKING, 20.0, 200.0, EndReason.LEFT, 400.0)]),
+    ("undetected shorter than the grace, track carried", vehicle(unseen=((300.0, 325.0),)), 600.0, 600.0,
+     [Expect(Violation.ILLEGAL_PARKING, 20.0, 200.0, EndReason.STREAM_ENDED, 600.0)]),
     ("anchor jitters out of the zone briefly", vehicle(outside=((100.0, 110.0),)), 600.0, 600.0,
      [Expect(Violation.ILLEGAL_PARKING, 20.0, 200.0, EndReason.STREAM_ENDED, 600.0)]),
     ("outside the zone longer than the grace before the dwell",
@@ -189,6 +202,36 @@ def test_departure_ends_after_grace_with_last_seen_time() -> None:
 
     assert emitted_at[EventType.END] == 429.0  # first frame absent for end_grace_s
     assert rule.close(600.0) == []
+
+
+def test_frames_the_detector_skipped_do_not_count_as_absence() -> None:
+    """Motion gating: with the detector off from 300 s, the carried car is still there; absence
+    counts from the first inferred frame that misses it (500 s)."""
+    rule = make_rule()
+    scene = vehicle(unseen=((300.0, 1e9),))
+    emitted_at: dict[EventType, float] = {}
+    ends = []
+    for ts in frange(0.0, 600.0, 1.0):
+        for event in rule.update(None, *frame_at(ts, scene(ts), inferred=not 300.0 <= ts < 500.0)):
+            emitted_at.setdefault(event.type, ts)
+            ends += [event] if event.type == EventType.END else []
+
+    assert emitted_at[EventType.END] == 529.0
+    (end,) = ends
+    assert end.end_reason == EndReason.LEFT
+    assert end.ts == pytest.approx(300.0, abs=1e-2)  # the last time it was actually seen
+
+
+def test_a_rule_made_between_detector_runs_counts_the_last_detected_tracks() -> None:
+    """Zones replaced while the detector rests (motion gating): the carried car is still there."""
+    rule = make_rule()
+    scene = vehicle(unseen=((100.0, 1e9),))
+    events = []
+    for ts in frange(100.0, 400.0, 1.0):
+        events += rule.update(None, *frame_at(ts, scene(ts), inferred=False))
+
+    (start,) = of_type(events, EventType.START)
+    assert (start.episode_start_ts, start.ts) == (100.0, 280.0)  # in the zone from its first frame
 
 
 def test_close_ends_each_open_episode_once() -> None:

@@ -45,6 +45,7 @@ def stall(
     base_id: int = 100,
     arrive: float = 10.0,
     leave: float | None = None,
+    unseen: tuple[tuple[float, float], ...] = (),
     vendor: Callable[[float], bool] = always,
     vendor_dx: float = 130.0,
     objects: tuple[str, ...] = ("umbrella", "dining table", "chair"),
@@ -55,7 +56,11 @@ def stall(
     market_open: Callable[[float], bool] = never,
     active: Callable[[float], bool] = always,
 ) -> Callable[[float], Scene]:
-    """A stall of umbrella, table and chair at (x0, y0), maybe with a vendor beside it."""
+    """A stall of umbrella, table and chair at (x0, y0), maybe with a vendor beside it.
+
+    ``unseen``: spans in which the stall is not detected but the tracker carries its stationary
+    objects' tracks, unmatched, at their place.
+    """
     layout = {
         "umbrella": (x0, y0, x0 + 100, y0 + 100),
         "dining table": (x0 + 10, y0 + 70, x0 + 90, y0 + 120),
@@ -70,8 +75,16 @@ def stall(
                 # Churn: the tracker loses the object every churn_s and makes a new track for it.
                 epoch = 0 if churn_s is None else int((ts - arrive) // churn_s) + 1
                 since = None if carried else (arrive if churn_s is None else arrive + (epoch - 1) * churn_s)
+                seen = next((a - 1e-3 for a, b in unseen if a <= ts < b), ts)
                 tracks.append(
-                    make_track(base_id + i + 10 * epoch, label, layout[label], ts=ts, stationary_since=since)
+                    make_track(
+                        base_id + i + 10 * epoch,
+                        label,
+                        layout[label],
+                        ts=ts,
+                        stationary_since=since,
+                        last_seen=seen,
+                    )
                 )
         items = [t.track_id for t in tracks]
         if vendor(ts):
@@ -138,6 +151,11 @@ CASES = [
      [Expect(10.0, 130.0, EndReason.STREAM_ENDED, 600.0)]),
     ("packs up", stall(leave=400.0, vendor=lambda ts: ts < 400.0), 600.0,
      [Expect(10.0, 130.0, EndReason.LEFT, 400.0)]),
+    ("packs up unseen, its objects' tracks carried on",
+     stall(unseen=((400.0, 1e9),), vendor=lambda ts: ts < 400.0), 600.0,
+     [Expect(10.0, 130.0, EndReason.LEFT, 400.0)]),
+    ("stall undetected shorter than the grace", stall(unseen=((300.0, 325.0),)), 600.0,
+     [Expect(10.0, 130.0, EndReason.STREAM_ENDED, 600.0)]),
     ("no-vending hours end", stall(active=between(0.0, 450.0)), 600.0,
      [Expect(10.0, 130.0, EndReason.SCHEDULE_ENDED, 450.0)]),
     ("two stalls apart", combined(stall(), stall(900.0, 400.0, base_id=200, arrive=60.0)), 600.0,

@@ -6,7 +6,6 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,28 +18,16 @@ from shapely.geometry import Polygon
 from curbwatch.edge.events import EventBuilder
 from curbwatch.edge.pipeline import PipelineParts
 from curbwatch.edge.replay import replay
-from curbwatch.edge.synth.generate import DEFAULT_START, synthesize
-from curbwatch.edge.synth.layout import Camera, zone_file
+from curbwatch.edge.synth.generate import synthesize
+from curbwatch.edge.synth.layout import Camera
 from curbwatch.edge.synth.render import render_frames
 from curbwatch.edge.synth.script import plan_scenario
-from curbwatch.edge.synth.truth import ground_truth
-from curbwatch.schema.detlog import LoggedDetection, LoggedFrame
 from curbwatch.schema.events import EventType, EventV1
 from curbwatch.schema.zones import NoParkingZone, NoVendingZone, Violation, ZoneFile, load_zone_file
+from tests.edge.synth import START, truth_log, truth_of
 
-START = datetime.fromisoformat(DEFAULT_START)
 SMALL = (320, 180)
 FLAG_TOLERANCE_S = 5.0  # edge flag time against the truth's start + dwell
-
-
-def truth_of(
-    seconds: float, seed: int, frame_wh: tuple[int, int] = (1280, 720)
-) -> tuple[dict[str, Any], ZoneFile]:
-    scenario = plan_scenario(seconds, seed)
-    camera = Camera(frame_wh)
-    return ground_truth(scenario, camera, "cam", START), zone_file(
-        camera, "cam", scenario.dwells, "Asia/Shanghai"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -173,19 +160,10 @@ def test_short_render_is_fast_and_readable(tmp_path: Path) -> None:
 
 def replay_truth(truth: dict[str, Any], zones: ZoneFile) -> dict[str, list[EventV1]]:
     """Feed the ground-truth boxes to the edge's tracker, zones and rules as a detection log."""
-    frames = [
-        LoggedFrame(
-            camera=zones.camera,
-            ts=truth["start_ts"] + frame["t"],
-            frame_wh=zones.frame_wh,
-            detections=[
-                LoggedDetection(label=b["label"], score=0.9, xyxy=tuple(b["xyxy"])) for b in frame["boxes"]
-            ],
-        )
-        for frame in truth["frames"]
-    ]
     episodes: dict[str, list[EventV1]] = defaultdict(list)
-    for event in replay(frames, zones, PipelineParts(), EventBuilder("synth-test", zones, model=None)):
+    for event in replay(
+        truth_log(truth, zones), zones, PipelineParts(), EventBuilder("synth-test", zones, model=None)
+    ):
         episodes[event.episode_id].append(event)
     return episodes
 
