@@ -31,7 +31,7 @@ from curbwatch.server.audit import append_audit
 from curbwatch.server.cases.workflow import TERMINAL_STATES, CaseStatus
 from curbwatch.server.device_link import DeviceLinkError, DevicePublisher
 from curbwatch.server.devices import device_key
-from curbwatch.server.tables import Case, Device, DeviceConfig, Event
+from curbwatch.server.tables import CameraSighting, Case, Device, DeviceConfig, Event
 
 logger = logging.getLogger(__name__)
 
@@ -221,9 +221,9 @@ def _known_cameras(session: Session, camera_id: str | None) -> dict[str, _Seen]:
             ):
                 metrics = CameraMetrics(camera.state, camera.fps, camera.inferred_share, camera.inference_ms)
                 known[camera.camera_id] = _Seen(device.id, at, metrics)
-    query = select(Event.camera, Event.device_id, func.max(Event.ts)).group_by(Event.camera, Event.device_id)
+    query = select(CameraSighting.camera_id, CameraSighting.device_id, CameraSighting.last_event_at)
     if camera_id is not None:
-        query = query.where(Event.camera == camera_id)
+        query = query.where(CameraSighting.camera_id == camera_id)
     for camera, device_id, newest in session.execute(query):
         newest = as_utc(newest)
         seen = known.get(camera)

@@ -5,7 +5,8 @@ conflict if it came with another device or seq), or is its (device, seq) taken b
 replay)? Asking the database once per batch for all ids and all pairs, then deciding in batch
 order against those answers plus the rows accepted so far, gives the same verdicts as one message
 at a time, with four statements instead of three per message. The fourth files the evidence
-references of the stored events (``evidence_refs``), so that reading them needs no event document.
+references of the stored events (``evidence_refs``), so that reading them needs no event document;
+a fifth keeps each camera's newest event (``camera_sightings``) for the cameras page.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import case, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from curbwatch.schema.events import EventV1
-from curbwatch.server.tables import Event, EvidenceRef
+from curbwatch.server.tables import CameraSighting, Event, EvidenceRef
 
 EVENTS = Event.__table__
 EVIDENCE_REFS = EvidenceRef.__table__
+SIGHTINGS = CameraSighting.__table__
 
 
 class Verdict(StrEnum):
@@ -113,7 +115,36 @@ def write_events(session: Session, rows: list[dict[str, Any]]) -> list[Decision]
         refs = evidence_ref_rows(new_rows)
         if refs:
             session.execute(insert(EVIDENCE_REFS), refs)
+        record_sightings(session, new_rows)
     return decisions
+
+
+def record_sightings(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Move each (camera, device)'s newest event time forward to the newest of ``rows``.
+
+    An older event (an outbox backlog arriving late) never moves it back. Rows are written in key
+    order, so two workers upserting the same cameras lock them in the same order.
+    """
+    newest: dict[tuple[str, str], datetime] = {}
+    for row in rows:
+        key = (row["camera"], row["device_id"])
+        newest[key] = max(newest.get(key, row["ts"]), row["ts"])
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    statement = upsert(SIGHTINGS)
+    stored, arriving = SIGHTINGS.c.last_event_at, statement.excluded.last_event_at
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[SIGHTINGS.c.camera_id, SIGHTINGS.c.device_id],
+            set_={"last_event_at": case((arriving > stored, arriving), else_=stored)},
+        ),
+        [
+            {"camera_id": camera, "device_id": device, "last_event_at": at}
+            for (camera, device), at in sorted(newest.items())
+        ],
+    )
 
 
 def evidence_ref_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

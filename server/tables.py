@@ -88,6 +88,20 @@ class Event(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSON, doc="The curbwatch.event.v1 document as received.")
 
 
+class CameraSighting(Base):
+    """The newest event of one camera from one device, kept with the events at ingest.
+
+    The cameras page reads these rows instead of scanning every stored event
+    (:func:`~curbwatch.server.event_writer.write_events` keeps them, in the same transaction).
+    """
+
+    __tablename__ = "camera_sightings"
+
+    camera_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Evidence(Base):
     """An evidence image; the bytes live in the evidence store under their sha256."""
 

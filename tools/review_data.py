@@ -24,7 +24,7 @@ from curbwatch.server.audit import GENESIS_HASH, SYSTEM_ROLE, entry_hash
 from curbwatch.server.cases.folding import OPEN_CASE_ACTION
 from curbwatch.server.cases.workflow import CaseStatus, ClosureType, Outcome, RejectReason
 from curbwatch.server.devices import add_device
-from curbwatch.server.event_writer import evidence_ref_rows
+from curbwatch.server.event_writer import evidence_ref_rows, record_sightings
 from curbwatch.server.tables import AuditLog, Case, CaseEvent, Event, EvidenceRef
 
 DEVICES = 5
@@ -258,6 +258,7 @@ def fill(factory: sessionmaker[Session], *, cases: int, now: datetime, seed: int
         _bulk(session, Case.__table__, case_rows)
         _bulk(session, Event.__table__, events)
         _bulk(session, EvidenceRef.__table__, evidence_ref_rows(events))
+        record_sightings(session, events)
         _bulk(session, CaseEvent.__table__, links)
         _bulk(session, AuditLog.__table__, entries)
     with factory() as session, session.begin():

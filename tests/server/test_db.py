@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from curbwatch.server.cases.queries import as_utc
 from curbwatch.server.db import make_engine, migrate
-from curbwatch.server.tables import Base, Device, Event, EvidenceRef
+from curbwatch.server.tables import Base, CameraSighting, Device, Event, EvidenceRef
 from tests.server.conftest import _postgres_database
 from tests.server.factories import event_document
 
@@ -100,6 +100,7 @@ def test_upgrading_files_the_evidence_references_of_stored_events(fresh_url: str
         migrate(fresh_url)
         with engine.connect() as connection:
             rows = connection.execute(select(EvidenceRef).order_by(EvidenceRef.sha256)).all()
+            sightings = connection.execute(select(CameraSighting)).all()
     finally:
         engine.dispose()
     assert [(r.event_id, r.sha256, r.role, r.restricted, r.track_id) for r in rows] == [
@@ -108,3 +109,7 @@ def test_upgrading_files_the_evidence_references_of_stored_events(fresh_url: str
         (listed["event_id"], "c" * 64, "crop", False, 4),
     ]
     assert {(r.camera_id, r.device_id, as_utc(r.ts)) for r in rows} == {("cam-old", "edge-old", at)}
+    # 0007 fills the cameras' newest events from the events already stored.
+    assert [(s.camera_id, s.device_id, as_utc(s.last_event_at)) for s in sightings] == [
+        ("cam-old", "edge-old", at)
+    ]
