@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import case, update
@@ -152,6 +152,24 @@ class DeviceUpdates:
                 .where(Device.id == device_id)
                 .values(last_seq=case((Device.last_seq < seq, seq), else_=Device.last_seq))
             )
+
+
+_Payload = TypeVar("_Payload", EventV1, SampleV1)
+
+
+def _payload(
+    envelope: EnvelopeV1, ack: tuple[str, str] | None, device_id: str, model: type[_Payload], what: str
+) -> _Payload:
+    """The envelope's payload as ``model`` (an ``event`` or a ``sample``, ``what`` says which; its id
+    field is ``<what>_id``), whose device and id must be the topic's and the envelope's."""
+    try:
+        payload = model.model_validate(envelope.payload)
+    except ValidationError as exc:
+        raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
+    payload_id = getattr(payload, f"{what}_id")
+    if not envelope.device_id == payload.device_id == device_id or payload_id != envelope.message_id:
+        raise _Rejected(RejectReason.ID_MISMATCH, f"topic, envelope and {what} disagree", ack)
+    return payload
 
 
 class MessageHandler:
@@ -312,12 +330,7 @@ class MessageHandler:
         self, session: Session, device_id: str, message: ReceivedMessage, keys: dict[str, bytes | None]
     ) -> _CheckedEvent:
         envelope, ack = self._envelope(session, device_id, message, keys, "event")
-        try:
-            event = EventV1.model_validate(envelope.payload)
-        except ValidationError as exc:
-            raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
-        if not envelope.device_id == event.device_id == device_id or event.event_id != envelope.message_id:
-            raise _Rejected(RejectReason.ID_MISMATCH, "topic, envelope and event disagree", ack)
+        event = _payload(envelope, ack, device_id, EventV1, "event")
         return _CheckedEvent(
             device_id,
             message,
@@ -330,12 +343,7 @@ class MessageHandler:
     ) -> Outcome:
         """A labelling sample: checked like an event (size, HMAC, schema, identity), stored once."""
         envelope, ack = self._envelope(session, device_id, message, keys, "sample")
-        try:
-            sample = SampleV1.model_validate(envelope.payload)
-        except ValidationError as exc:
-            raise _Rejected(RejectReason.SCHEMA, _errors(exc), ack) from None
-        if not envelope.device_id == sample.device_id == device_id or sample.sample_id != envelope.message_id:
-            raise _Rejected(RejectReason.ID_MISMATCH, "topic, envelope and sample disagree", ack)
+        sample = _payload(envelope, ack, device_id, SampleV1, "sample")
         known = session.get(Sample, sample.sample_id)
         if known is not None and known.device_id != device_id:
             raise _Rejected(RejectReason.EVENT_ID_CONFLICT, "sample id known from another device", ack)
