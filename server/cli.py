@@ -32,11 +32,9 @@ DatabaseOption = Annotated[
 
 
 def _settings(database_url: str | None, **overrides: object) -> ServerSettings:
-    from curbwatch.server.settings import get_settings
+    from curbwatch.server.settings import settings_from_options
 
-    if database_url:
-        overrides["database_url"] = database_url
-    return get_settings(**{k: v for k, v in overrides.items() if v is not None})
+    return settings_from_options(database_url=database_url, **overrides)
 
 
 @server_app.command("migrate")

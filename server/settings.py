@@ -157,3 +157,12 @@ class ServerSettings(BaseSettings):
 def get_settings(**overrides: Any) -> ServerSettings:
     """Settings from the environment, with keyword overrides (tests, command-line options)."""
     return ServerSettings(**overrides)
+
+
+def settings_from_options(**options: Any) -> ServerSettings:
+    """Settings from the environment, overridden by the command-line options that were given.
+
+    An option left out (None or empty) keeps the environment's value; to set a setting to None
+    (``share_group``), use :func:`get_settings`.
+    """
+    return get_settings(**{name: value for name, value in options.items() if value not in (None, "")})

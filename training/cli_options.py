@@ -34,10 +34,9 @@ class ClassOptionError(ValueError):
 
 def server_settings(database_url: str | None, evidence_dir: Path | None) -> ServerSettings:
     """The server's settings (environment), with the database and evidence store the options name."""
-    from curbwatch.server.settings import get_settings
+    from curbwatch.server.settings import settings_from_options
 
-    overrides = {"database_url": database_url, "evidence_dir": evidence_dir}
-    return get_settings(**{key: value for key, value in overrides.items() if value is not None})
+    return settings_from_options(database_url=database_url, evidence_dir=evidence_dir)
 
 
 def class_list(classes: str | None, model: str | None, registry: Path) -> list[str] | None:

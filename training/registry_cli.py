@@ -356,9 +356,9 @@ def _verified_model(registry: Path, ref: str) -> tuple[RegistryEntry, bytes]:
 
 
 def _settings(database_url: str | None) -> ServerSettings:
-    from curbwatch.server.settings import get_settings
+    from curbwatch.server.settings import settings_from_options
 
-    return get_settings(**({"database_url": database_url} if database_url else {}))
+    return settings_from_options(database_url=database_url)
 
 
 def _target_line(target: TargetView) -> str:

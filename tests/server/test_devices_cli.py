@@ -71,3 +71,12 @@ def test_share_group_none_from_environment_subscribes_plainly(monkeypatch) -> No
     monkeypatch.setenv("CURBWATCH_SHARE_GROUP", "")
     with pytest.raises(ValueError, match="share_group"):
         get_settings()
+
+
+def test_options_left_out_keep_the_environments_settings(monkeypatch) -> None:
+    from curbwatch.server.settings import settings_from_options
+
+    monkeypatch.setenv("CURBWATCH_DATABASE_URL", "sqlite:///env.db")
+    assert settings_from_options(database_url=None).database_url == "sqlite:///env.db"
+    assert settings_from_options(database_url="").database_url == "sqlite:///env.db"
+    assert settings_from_options(database_url="sqlite:///opt.db").database_url == "sqlite:///opt.db"
