@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from curbwatch.schema.zones import RuleZone, Violation
@@ -103,16 +102,11 @@ def episodes_from_truth(truth_path: Path, zones_path: Path, start_ts: float) -> 
     ]
 
 
-def _epoch(at: datetime) -> float:
-    # SQLite hands back naive datetimes; the server stores UTC.
-    return (at.replace(tzinfo=UTC) if at.tzinfo is None else at).timestamp()
-
-
 def cases_from_database(database_url: str) -> list[FiledCase]:
     """Every case in the server's database."""
     from sqlalchemy import select
 
-    from curbwatch.server.db import make_engine
+    from curbwatch.server.db import as_utc, make_engine
     from curbwatch.server.tables import Case
 
     engine = make_engine(database_url)
@@ -127,8 +121,8 @@ def cases_from_database(database_url: str) -> list[FiledCase]:
             camera_id=row.camera_id,
             zone=row.zone,
             event_code=row.event_code,
-            opened_ts=_epoch(row.opened_at),
-            last_event_ts=_epoch(row.last_event_at),
+            opened_ts=as_utc(row.opened_at).timestamp(),
+            last_event_ts=as_utc(row.last_event_at).timestamp(),
         )
         for row in rows
     ]

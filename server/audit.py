@@ -22,13 +22,14 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from curbwatch.server.db import as_utc
 from curbwatch.server.tables import AuditLog
 
 logger = logging.getLogger(__name__)
@@ -72,11 +73,6 @@ class AuditProblem:
         return f"entry {self.entry_id}: {self.kind.value}: {self.detail}"
 
 
-def _utc(at: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were stored as UTC by append_audit.
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def entry_hash(
     *,
     entry_id: int,
@@ -98,7 +94,7 @@ def entry_hash(
         "action": action,
         "actor": actor,
         "role": role,
-        "at": _utc(at).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "at": as_utc(at).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "from_state": from_state,
         "to_state": to_state,
         "reason": reason,
@@ -164,7 +160,7 @@ def _checked_fields(draft: AuditDraft) -> dict[str, Any]:
         "action": draft.action,
         "actor": draft.actor,
         "role": draft.role,
-        "at": _utc(draft.at),
+        "at": as_utc(draft.at),
         "from_state": draft.from_state,
         "to_state": draft.to_state,
         "reason": draft.reason,

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,6 +29,7 @@ from curbwatch.schema.protocol import Channel, DesiredConfigV1, HeartbeatV1, can
 from curbwatch.schema.zones import ZoneFile
 from curbwatch.server.audit import append_audit
 from curbwatch.server.cases.workflow import TERMINAL_STATES, CaseStatus
+from curbwatch.server.db import as_utc
 from curbwatch.server.device_link import DeviceLinkError, DevicePublisher
 from curbwatch.server.devices import device_key
 from curbwatch.server.tables import CameraSighting, Case, Device, DeviceConfig, Event
@@ -132,13 +133,6 @@ class PublishedZones:
     camera_id: str
     version: str
     document: dict[str, Any]
-
-
-def as_utc(at: datetime | None) -> datetime | None:
-    """An aware UTC time (SQLite hands back naive datetimes, stored as UTC)."""
-    if at is None:
-        return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _heartbeat(device: Device) -> HeartbeatV1 | None:

@@ -8,8 +8,9 @@ PostgreSQL needs nothing special. The schema is owned by Alembic: :func:`migrate
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -81,3 +82,14 @@ def migrate(database_url: str, revision: str = "head") -> None:
     finally:
         engine.dispose()
     logger.info("database at %s is at revision %s", make_url(database_url).render_as_string(), revision)
+
+
+@overload
+def as_utc(at: datetime) -> datetime: ...
+@overload
+def as_utc(at: None) -> None: ...
+def as_utc(at: datetime | None) -> datetime | None:
+    """``at`` as an aware UTC time: SQLite hands stored times back naive, and all are stored in UTC."""
+    if at is None:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)

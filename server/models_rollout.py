@@ -44,7 +44,7 @@ from curbwatch.schema.protocol import (
     topic,
 )
 from curbwatch.server.audit import SYSTEM_ROLE, append_audit
-from curbwatch.server.cases.queries import as_utc
+from curbwatch.server.db import as_utc
 from curbwatch.server.device_link import DeviceLinkError
 from curbwatch.server.devices import device_key
 from curbwatch.server.tables import Device, ModelRollout, ModelRolloutTarget

@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from curbwatch.schema.events import EndReason, EventV1, EvidenceRole
 from curbwatch.schema.zones import BinSiteZone, load_zone_file
-from curbwatch.server.cases.queries import as_utc
 from curbwatch.server.cases.workflow import RejectReason
+from curbwatch.server.db import as_utc
 from curbwatch.server.evidence import EvidenceStore, EvidenceStoreError
 from curbwatch.server.tables import DeviceConfig
 from curbwatch.training.split import distances

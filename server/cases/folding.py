@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from curbwatch.schema.events import EventV1
 from curbwatch.server.audit import SYSTEM_ROLE, AuditDraft, append_audit_entries
 from curbwatch.server.cases.workflow import TERMINAL_STATES, CaseStatus
+from curbwatch.server.db import as_utc
 from curbwatch.server.tables import Case, CaseEvent
 
 if TYPE_CHECKING:
@@ -63,11 +64,6 @@ class FoldingConfig(BaseModel):
             "this many seconds of an open case's last event joins that case instead of opening another."
         ),
     )
-
-
-def _utc(at: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored here is UTC.
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 Place = tuple[str, str, str]
@@ -177,7 +173,7 @@ class _BatchFolder:
         if case is None:
             case = self._open_case(event, at, grid)
         else:
-            case.last_event_at = max(_utc(case.last_event_at), event.ts)
+            case.last_event_at = max(as_utc(case.last_event_at), event.ts)
             case.updated_at = at
         self.folded[event.event_id] = self.by_episode[event.episode_id] = case.id
         self.links.append(
@@ -195,8 +191,8 @@ class _BatchFolder:
         """The open case at the event's place whose last event is close enough to the episode's start."""
         candidates = self.open[(place_of(event), event.violation.value)]
         # Compared in Python: few cases are open at one place, and SQLite stores times as text.
-        near = [c for c in candidates if event.episode_start - _utc(c.last_event_at) <= self._window]
-        return max(near, key=lambda c: _utc(c.last_event_at), default=None)
+        near = [c for c in candidates if event.episode_start - as_utc(c.last_event_at) <= self._window]
+        return max(near, key=lambda c: as_utc(c.last_event_at), default=None)
 
     def _open_case(self, event: EventV1, at: datetime, grid: GridConfig | None) -> Case:
         case = _new_case(event, at, grid)
@@ -253,7 +249,7 @@ def fold_events(
     events = [event for event, _ in arrivals]
     lock_places(session, (place_of(event) for event in events))
     folder = _BatchFolder(session, events, config)
-    cases = [folder.fold(event, _utc(at), grid) for event, at in arrivals]
+    cases = [folder.fold(event, as_utc(at), grid) for event, at in arrivals]
     session.flush()  # the new cases first: the links refer to them
     append_audit_entries(session, folder.audits)
     if folder.links:

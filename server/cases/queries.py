@@ -14,7 +14,7 @@ import binascii
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from curbwatch.schema.events import EventV1, EvidenceRefV1, EvidenceRole
 from curbwatch.server.cases import workflow
 from curbwatch.server.cases.service import CaseNotFound, case_state
 from curbwatch.server.cases.workflow import Action, CaseStatus, Role
+from curbwatch.server.db import as_utc
 from curbwatch.server.tables import AuditLog, Case, CaseCheck, CaseEvent, Event, EvidenceRef
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,6 @@ MAX_PAGE_SIZE = 200
 
 class CursorInvalid(ValueError):
     """A page cursor that this server did not hand out."""
-
-
-def as_utc(at: datetime) -> datetime:
-    """``at`` as an aware UTC time (SQLite hands back naive ones; everything is stored in UTC)."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 @dataclass(frozen=True)

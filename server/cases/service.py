@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from curbwatch.server.audit import append_audit
 from curbwatch.server.cases import deadlines, workflow
 from curbwatch.server.cases.workflow import Action, CaseState, CaseStatus, ClosureType, Outcome, Role
+from curbwatch.server.db import as_utc
 from curbwatch.server.open311.forwarding import enqueue_forwardings
 from curbwatch.server.tables import Case
 
@@ -46,18 +47,13 @@ def case_state(case: Case) -> CaseState:
     )
 
 
-def _utc(at: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored here is UTC.
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
-
-
 def is_overdue(case: Case, at: datetime) -> bool:
     """Past its deadline: still open after it, or closed after it."""
     if case.deadline is None:
         return False
-    deadline = _utc(case.deadline)
+    deadline = as_utc(case.deadline)
     if case.closed_at is not None:
-        return _utc(case.closed_at) > deadline
+        return as_utc(case.closed_at) > deadline
     return case.status != CaseStatus.VOID.value and at > deadline
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from curbwatch.server.db import as_utc
 from curbwatch.server.open311.forwarding import (
     ForwardingNotFound,
     ForwardingNotRetryable,
@@ -15,7 +16,6 @@ from curbwatch.server.open311.forwarding import (
     list_forwardings,
     retry_forwarding,
 )
-from curbwatch.server.open311.georeport import utc
 from curbwatch.server.tables import Forwarding
 from curbwatch.server.web.deps import Context, Db, Supervisor
 
@@ -50,7 +50,7 @@ def _out(row: Forwarding) -> ForwardingOut:
     # SQLite hands times back naive; they are UTC.
     return out.model_copy(
         update={
-            name: utc(value)
+            name: as_utc(value)
             for name in ("next_attempt_at", "created_at", "updated_at", "sent_at")
             if (value := getattr(out, name)) is not None
         }

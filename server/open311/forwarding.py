@@ -33,8 +33,9 @@ import httpx
 from sqlalchemy import select, text
 
 from curbwatch.server.audit import SYSTEM_ROLE, append_audit
+from curbwatch.server.db import as_utc
 from curbwatch.server.open311.config import Open311Config, UpstreamConfig
-from curbwatch.server.open311.georeport import MediaLink, annotated_evidence, utc
+from curbwatch.server.open311.georeport import MediaLink, annotated_evidence
 from curbwatch.server.open311.upstream import ERROR_TEXT_MAX, Outcome, backoff_s, georeport_form, interpret
 from curbwatch.server.tables import Case, Forwarding
 
@@ -84,7 +85,7 @@ def enqueue_forwardings(
     if not targets:
         return []
     known = set(session.scalars(select(Forwarding.target).where(Forwarding.case_id == case.id)))
-    at = utc(at)
+    at = as_utc(at)
     rows = [
         Forwarding(
             case_id=case.id,
@@ -129,7 +130,7 @@ def retry_forwarding(
         raise ForwardingNotRetryable(
             f"forwarding {forwarding_id} is {row.status}; only failed ones are retried"
         )
-    at = utc(at)
+    at = as_utc(at)
     row.status = ForwardingStatus.PENDING.value
     row.attempts = 0
     row.next_attempt_at = at
@@ -223,7 +224,7 @@ class ForwardingWorker:
 
     def run_once(self, at: datetime, *, limit: int | None = None) -> ForwardSummary:
         """Send every row due at ``at`` (at most ``limit``); ``at`` also times the outcomes."""
-        at = utc(at)
+        at = as_utc(at)
         summary = ForwardSummary()
         while limit is None or summary.handled < limit:
             claim = self._claim(at)
@@ -266,7 +267,7 @@ class ForwardingWorker:
                 return None
             upstream = upstreams[row.target]
             lease = timedelta(seconds=upstream.timeout_s + CLAIM_MARGIN_S)
-            row.next_attempt_at = max(at, utc(self._clock())) + lease
+            row.next_attempt_at = max(at, as_utc(self._clock())) + lease
             case = session.get(Case, row.case_id)
             assert case is not None  # the foreign key guarantees it
             sha256 = annotated_evidence(session, [case.id]).get(case.id)

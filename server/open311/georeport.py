@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,7 @@ from curbwatch.schema.events import EvidenceRole
 from curbwatch.schema.zones import RULE_OF_VIOLATION
 from curbwatch.server.cases.workflow import CaseStatus
 from curbwatch.server.config import CaseServerConfig
+from curbwatch.server.db import as_utc
 from curbwatch.server.tables import AuditLog, Case, CaseCheck, CaseEvent, Event
 
 MAX_SPAN = timedelta(days=90)  # the spec's default and largest date range
@@ -102,16 +103,11 @@ class RequestFilters:
     statuses: tuple[Literal["open", "closed"], ...] = ()
 
 
-def utc(at: datetime) -> datetime:
-    """``at`` in UTC; a naive time is taken as UTC (SQLite hands stored times back naive)."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def iso(at: datetime | None, config: CaseServerConfig) -> str | None:
     """``at`` in the city's time zone, ISO 8601 with its offset."""
     if at is None:
         return None
-    return utc(at).astimezone(ZoneInfo(config.calendar.timezone)).isoformat(timespec="seconds")
+    return as_utc(at).astimezone(ZoneInfo(config.calendar.timezone)).isoformat(timespec="seconds")
 
 
 def date_window(
@@ -137,7 +133,7 @@ def date_window(
         start = end - MAX_SPAN
     else:
         start, end = now - MAX_SPAN, now
-    return utc(start), utc(end)
+    return as_utc(start), as_utc(end)
 
 
 def services(config: CaseServerConfig) -> list[ServiceOut]:
@@ -325,11 +321,13 @@ def find_updates(
         )
         .order_by(CaseCheck.answered_at)
     ):
-        images.setdefault(case_id, []).append((utc(answered_at), sha256))
+        images.setdefault(case_id, []).append((as_utc(answered_at), sha256))
     updates = []
     for row in rows:
         seen = [
-            sha256 for answered_at, sha256 in images.get(row.case_id or "", []) if answered_at <= utc(row.at)
+            sha256
+            for answered_at, sha256 in images.get(row.case_id or "", [])
+            if answered_at <= as_utc(row.at)
         ]
         updates.append(
             UpdateOut(

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from curbwatch.server.db import as_utc
 from curbwatch.server.open311.config import CaseField, UpstreamConfig
-from curbwatch.server.open311.georeport import address_of, description_of, iso, utc
+from curbwatch.server.open311.georeport import address_of, description_of, iso
 from curbwatch.server.tables import Case
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def retry_after_s(value: str | None, at: datetime) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        seconds = (utc(when) - at).total_seconds()
+        seconds = (as_utc(when) - at).total_seconds()
     return min(max(seconds, MIN_DELAY_S), RETRY_AFTER_MAX_S)
 
 

@@ -13,8 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, select
 from sqlalchemy.engine import Engine
 
-from curbwatch.server.cases.queries import as_utc
-from curbwatch.server.db import make_engine, migrate
+from curbwatch.server.db import as_utc, make_engine, migrate
 from curbwatch.server.tables import Base, CameraSighting, Device, Event, EvidenceRef
 from tests.server.conftest import _postgres_database
 from tests.server.factories import event_document

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from curbwatch.schema.protocol import AckStatus, Channel, sign, topic
-from curbwatch.server.cases.queries import as_utc
 from curbwatch.server.config import CaseServerConfig, GridConfig
+from curbwatch.server.db import as_utc
 from curbwatch.server.evidence import EvidenceStore
 from curbwatch.server.handler import (
     DeviceUpdates,

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from curbwatch.schema.events import EventType, EvidenceRole, ModelRefV1, ObjectV1
-from curbwatch.server.cases.queries import as_utc
 from curbwatch.server.cases.workflow import Action, CaseStatus, ClosureType, Outcome, RejectReason, Role
+from curbwatch.server.db import as_utc
 
 UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 CASE_ID_EXAMPLE = "4f1c2e9a8b7d4c3e9f0a1b2c3d4e5f60"
